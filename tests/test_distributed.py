@@ -1,20 +1,12 @@
-"""lossviz under torch.distributed: 2 processes on the gloo backend (CPU), each holding a shard of the data."""
-import datetime, os, socket
-
+"""lossviz under torch.distributed: 2 processes on the gloo backend (CPU), each holding a shard of the data,
+checked against the single-process results (float64)."""
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from lossviz.core import Batches, FunctionalLoss, dist_info, preserved
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from lossviz.distributed import RankError, launch, merge_over_ranks, shard, gather_blocks
 
 
 def data_and_model():
@@ -24,45 +16,69 @@ def data_and_model():
     return X, Y, nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
 
 
-def shard(X, Y, rank):
-    "Uneven shards (the first rank gets 21 samples in two batches, the second 16) to check weighting by sample counts"
+def my_shard(X, Y):
+    "Uneven shards (rank 0: 21 samples in two batches, rank 1: 16) to check weighting by sample counts"
+    rank, _ = dist_info()
     if rank == 0: return [(X[:9], Y[:9]), (X[9:21], Y[9:21])]
     return [(X[21:], Y[21:])]
 
 
-def run_ranks(fn, port, world=2):
-    mp.spawn(fn, args=(world, port), nprocs=world, join=True)
+def _loss_worker():
+    X, Y, model = data_and_model()
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    full_loss = lambda p: F.cross_entropy(torch.func.functional_call(model, p, X), Y)  # single-process reference
+    ddp = nn.parallel.DistributedDataParallel(model)
+    with preserved(ddp):
+        f = FunctionalLoss(ddp, F.cross_entropy, my_shard(X, Y))
+        assert f.batches.n_samples == 37
+        torch.testing.assert_close(f.loss(), full_loss(params), rtol=1e-12, atol=0)
+        # gradients taken per batch and averaged over ranks equal the single-process full-data gradient
+        grad = torch.func.grad(f.batch_loss)
+        g = f.batches.weighted_mean(lambda x, y: grad(f.params, x, y))
+        g_full = torch.func.grad(full_loss)(params)
+        for n in g: torch.testing.assert_close(g[n], g_full[n], rtol=1e-12, atol=1e-15)
+        # differentiating through the distributed mean would keep only this rank's part: it raises instead
+        with pytest.raises(RuntimeError, match="cannot be differentiated through"):
+            torch.func.grad(f.loss)(f.params)
+    return dist_info()
 
 
-def _init(rank, world, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+def _class_stats_worker():
+    from lossviz.geometry import ClassStats, neural_collapse
+    X, Y, _ = data_and_model()
+    rank, world = dist_info()
+    s = ClassStats()
+    for i in shard(len(Y)):  # one sample at a time: the most merges
+        s.update(X[i:i + 1], Y[i:i + 1])
+    return neural_collapse(merge_over_ranks(s)).nc1, neural_collapse(X, Y).nc1
 
 
-def _loss_worker(rank, world, port):
-    _init(rank, world, port)
-    try:
-        X, Y, model = data_and_model()
-        params = {n: p.detach() for n, p in model.named_parameters()}
-        full_loss = lambda p: F.cross_entropy(torch.func.functional_call(model, p, X), Y)  # single-process reference
-        full = full_loss(params)
-        ddp = nn.parallel.DistributedDataParallel(model)
-        with preserved(ddp):
-            f = FunctionalLoss(ddp, F.cross_entropy, shard(X, Y, rank))
-            assert dist_info() == (rank, world)
-            assert f.batches.n_samples == 37
-            torch.testing.assert_close(f.loss(), full, rtol=1e-12, atol=0)
-            # gradients taken per batch and averaged over ranks equal the single-process full-data gradient
-            grad = torch.func.grad(f.batch_loss)
-            g = f.batches.weighted_mean(lambda x, y: grad(f.params, x, y))
-            g_full = torch.func.grad(full_loss)(params)
-            for n in g: torch.testing.assert_close(g[n], g_full[n], rtol=1e-12, atol=1e-15)
-            # differentiating through the distributed mean would keep only this rank's part: it raises instead
-            with pytest.raises(RuntimeError, match="cannot be differentiated through"):
-                torch.func.grad(f.loss)(f.params)
-    finally:
-        dist.destroy_process_group()
+def _blocks_worker():
+    rank, world = dist_info()
+    return gather_blocks(torch.arange(10.)[list(shard(10))] * 2)
 
 
-def test_weighted_mean_over_ranks_equals_single_process():
-    run_ranks(_loss_worker, free_port())
+def _failing_worker():
+    rank, _ = dist_info()
+    if rank == 1: raise ValueError("rank 1 failed on purpose")
+    X, Y, model = data_and_model()
+    Batches(my_shard(X, Y)).weighted_mean(lambda x, y: F.cross_entropy(model(x), y))  # waits for rank 1, which is gone
+
+
+def test_loss_and_gradient_over_ranks_equal_single_process():
+    assert launch(_loss_worker, nprocs=2) == (0, 2)
+
+
+def test_class_stats_merged_over_ranks_give_single_process_nc1():
+    nc1_dist, nc1_single = launch(_class_stats_worker, nprocs=2)
+    torch.testing.assert_close(torch.as_tensor(nc1_dist), torch.as_tensor(nc1_single), rtol=1e-6, atol=0)
+
+
+def test_gathered_blocks_are_in_rank_order():
+    torch.testing.assert_close(launch(_blocks_worker, nprocs=3), torch.arange(10.) * 2)
+
+
+def test_a_failing_rank_fails_the_run_with_its_own_error():
+    with pytest.raises(RankError, match="rank 1 failed first") as e:
+        launch(_failing_worker, nprocs=2, timeout=30)
+    assert "rank 1 failed on purpose" in str(e.value)

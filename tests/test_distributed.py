@@ -53,6 +53,15 @@ def _class_stats_worker():
     return neural_collapse(merge_over_ranks(s)).nc1, neural_collapse(X, Y).nc1
 
 
+def _ece_worker():
+    from lossviz.calibration import CalibrationMeter, ece
+    g = torch.Generator().manual_seed(1)
+    logits, y = torch.randn(101, 4, generator=g, dtype=torch.float64), torch.randint(0, 4, (101,), generator=g)
+    idx = list(shard(len(y)))
+    meter = CalibrationMeter(logits=True).update(logits[idx], y[idx])
+    return merge_over_ranks(meter).compute(), ece(logits, y, logits=True)
+
+
 def _blocks_worker():
     rank, world = dist_info()
     return gather_blocks(torch.arange(10.)[list(shard(10))] * 2)
@@ -72,6 +81,11 @@ def test_loss_and_gradient_over_ranks_equal_single_process():
 def test_class_stats_merged_over_ranks_give_single_process_nc1():
     nc1_dist, nc1_single = launch(_class_stats_worker, nprocs=2)
     torch.testing.assert_close(torch.as_tensor(nc1_dist), torch.as_tensor(nc1_single), rtol=1e-6, atol=0)
+
+
+def test_calibration_meters_merged_over_ranks_give_single_process_ece():
+    dist_ece, single = launch(_ece_worker, nprocs=2)
+    assert torch.equal(dist_ece, single)   # exact integer bin sums: bit for bit
 
 
 def test_gathered_blocks_are_in_rank_order():

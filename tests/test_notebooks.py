@@ -22,5 +22,7 @@ def test_notebooks_found():
 def test_notebook(nb):
     cmd = [str(NBDEV_TEST), str(nb), "--n-workers", "0"]
     if os.environ.get("LOSSVIZ_TEST_FLAGS"): cmd += ["--flags", os.environ["LOSSVIZ_TEST_FLAGS"]]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    env = dict(os.environ)
+    if os.environ.get("PYTEST_XDIST_WORKER"): env.setdefault("OMP_NUM_THREADS", "1")  # the xdist workers already use every core
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
     assert r.returncode == 0, f"{nb.name} failed:\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"

@@ -2,7 +2,7 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
-_SUBMODULES = ("core", "losses", "kernels", "hessian", "landscape", "calibration", "geometry", "plots", "widgets",
+_SUBMODULES = ("core", "losses", "kernels", "hessian", "landscape", "calibration", "geometry", "widgets", "report",
                "distributed", "demo", "cli")
 
 

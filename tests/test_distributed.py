@@ -62,6 +62,22 @@ def _ece_worker():
     return merge_over_ranks(meter).compute(), ece(logits, y, logits=True)
 
 
+def _landscape_worker(mode):
+    from lossviz.landscape import random_directions, slice_2d
+    X, Y, model = data_and_model()
+    d1, d2 = random_directions(model, 2, seed=0)
+    data = (X, Y) if mode == 'points' else my_shard(X, Y)
+    dist_grid = slice_2d(model, F.cross_entropy, data, (d1, d2), span=(-1, 1, -0.5, 0.5), steps=(5, 3), shard=mode, verbose=False)
+    return dist_grid.values['loss']
+
+
+def _single_landscape():
+    from lossviz.landscape import random_directions, slice_2d
+    X, Y, model = data_and_model()
+    d1, d2 = random_directions(model, 2, seed=0)
+    return slice_2d(model, F.cross_entropy, (X, Y), (d1, d2), span=(-1, 1, -0.5, 0.5), steps=(5, 3), verbose=False).values['loss']
+
+
 def _blocks_worker():
     rank, world = dist_info()
     return gather_blocks(torch.arange(10.)[list(shard(10))] * 2)
@@ -86,6 +102,11 @@ def test_class_stats_merged_over_ranks_give_single_process_nc1():
 def test_calibration_meters_merged_over_ranks_give_single_process_ece():
     dist_ece, single = launch(_ece_worker, nprocs=2)
     assert torch.equal(dist_ece, single)   # exact integer bin sums: bit for bit
+
+
+@pytest.mark.parametrize("mode", ["points", "data"])
+def test_landscape_grid_over_ranks_equals_single_process(mode):
+    torch.testing.assert_close(launch(_landscape_worker, nprocs=2, args=(mode,)), _single_landscape(), rtol=1e-6, atol=0)
 
 
 def test_gathered_blocks_are_in_rank_order():

@@ -78,6 +78,13 @@ def _single_landscape():
     return slice_2d(model, F.cross_entropy, (X, Y), (d1, d2), span=(-1, 1, -0.5, 0.5), steps=(5, 3), verbose=False).values['loss']
 
 
+def _hessian_worker():
+    from lossviz.hessian import Hessian
+    X, Y, model = data_and_model()
+    H = Hessian(model, F.cross_entropy, my_shard(X, Y), verbose=False)
+    return H.eigenvalues(k=3, tol=1e-8).values, H.trace(tol=None, max_matvecs=60, seed=3).value
+
+
 def _blocks_worker():
     rank, world = dist_info()
     return gather_blocks(torch.arange(10.)[list(shard(10))] * 2)
@@ -109,6 +116,15 @@ def test_landscape_grid_over_ranks_equals_single_process(mode):
     torch.testing.assert_close(launch(_landscape_worker, nprocs=2, args=(mode,)), _single_landscape(), rtol=1e-6, atol=0)
 
 
+def test_hessian_eigenvalues_and_trace_over_ranks_equal_single_process():
+    from lossviz.hessian import Hessian
+    X, Y, model = data_and_model()
+    H = Hessian(model, F.cross_entropy, (X, Y), verbose=False)
+    top, tr = launch(_hessian_worker, nprocs=2)
+    torch.testing.assert_close(top, H.eigenvalues(k=3, tol=1e-8).values, rtol=1e-6, atol=0)
+    torch.testing.assert_close(tr, H.trace(tol=None, max_matvecs=60, seed=3).value, rtol=1e-6, atol=0)
+
+
 def test_gathered_blocks_are_in_rank_order():
     torch.testing.assert_close(launch(_blocks_worker, nprocs=3), torch.arange(10.) * 2)
 
@@ -117,3 +133,17 @@ def test_a_failing_rank_fails_the_run_with_its_own_error():
     with pytest.raises(RankError, match="rank 1 failed first") as e:
         launch(_failing_worker, nprocs=2, timeout=30)
     assert "rank 1 failed on purpose" in str(e.value)
+
+
+def test_torchrun_example_runs():
+    "examples/distributed_analysis.py, launched the way users launch it"
+    import subprocess, sys
+    from pathlib import Path
+    from lossviz.distributed import free_port
+    root = Path(__file__).resolve().parents[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}", str(root / "examples" / "distributed_analysis.py"),
+                        "--epochs", "1"], capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stderr[-4000:]
+    for line in ("2 processes (gloo)", "top Hessian eigenvalues:", "Hessian trace:", "test ECE:", "NC1:", "landscape minimum:"):
+        assert line in r.stdout

@@ -1,55 +1,12 @@
 """lossviz.kernels: extra peak memory in fresh processes, and agreement with PyTorch's own chunked linear_cross_entropy."""
-import json, subprocess, sys, textwrap
+import subprocess, sys, textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from lossviz.kernels import linear_cross_entropy, info_nce_loss
-
-# A fresh process per variant: the extra peak of one computation is the max RSS (ru_maxrss) after it minus the RSS
-# just before it. The high-water mark is reset to the current RSS through /proc/self/clear_refs where Linux allows it;
-# otherwise inputs are created in place (no freed temporaries inflate the baseline). Both code paths are warmed up on
-# tiny shapes first, so library start-up memory is in the baseline.
-_WORKER = textwrap.dedent("""
-    import json, resource, sys, torch, torch.nn.functional as F
-    from lossviz.kernels import linear_cross_entropy, info_nce_loss
-    torch.set_num_threads(1)     # memory does not depend on threads; one thread keeps the test fast on a loaded machine
-    kind, variant, n, d, v = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
-    g = torch.Generator().manual_seed(0)
-    maxrss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if kind == 'lce':
-        def run(h, W, t):
-            loss = F.cross_entropy(h @ W.T, t) if variant == 'dense' else linear_cross_entropy(h, W, t)
-            loss.backward()
-            return loss
-        mk = lambda n, v: (torch.randn(n, d, generator=g).requires_grad_(), torch.randn(v, d, generator=g).mul_(d ** -0.5).requires_grad_(),
-                           torch.randint(0, v, (n,), generator=g))
-        run(*mk(64, 256))
-        args = mk(n, v)
-        grad_bytes = (n + v) * d * 4
-    else:
-        def run(q, k):
-            if variant == 'dense':
-                S = q @ k.T / 0.1
-                lab = torch.arange(q.shape[0])
-                loss = (F.cross_entropy(S, lab) + F.cross_entropy(S.T, lab)) / 2
-            else: loss = info_nce_loss(q, k, 0.1, block=512)
-            loss.backward()
-            return loss
-        mk = lambda n: tuple(F.normalize(torch.randn(n, d, generator=g), dim=1).requires_grad_() for _ in range(2))
-        run(*mk(64))
-        args = mk(n)
-        grad_bytes = 2 * n * d * 4
-    try: open('/proc/self/clear_refs', 'w').write('5')
-    except OSError: pass
-    base = maxrss()
-    loss = run(*args)
-    print(json.dumps(dict(extra=maxrss() - base, grad_bytes=grad_bytes, loss=loss.item())))
-""")
+from lossviz.kernels import linear_cross_entropy, info_nce_loss, extra_peak_memory
 
 def _measure(kind, variant, n, d, v=0):
-    out = subprocess.run([sys.executable, '-c', _WORKER, kind, variant, str(n), str(d), str(v)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return extra_peak_memory(kind, variant, n, d, v, timeout=120)
 
 def test_linear_cross_entropy_memory():
     "Fused loss: extra peak below a quarter of the materialised loss, and about gradients + one 32 MiB block"

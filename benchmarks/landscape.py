@@ -7,7 +7,8 @@ Models (on scikit-learn's digits, 512 samples a point, eval mode):
   mlp: 64 -> 128 -> 128 -> 10 with ReLU
 Methods, all in one process on the same directions and grid:
   inplace  the anchor: one model copy, write theta + a*d1 + b*d2 into its parameters in place, evaluate, one point at a time
-  lossviz  lossviz.landscape.slice_2d with strategy "auto" (and, for reference, "loop" and "vmap" forced)
+  lossviz  lossviz.landscape.slice_2d with strategy and memory format "auto" (and, for reference, the loop in the contiguous
+           and the channels-last layout, and vmap, forced)
   ll       loss_landscapes.planar_interpolation (PyPI 3.0.6), its plane placed so its grid points coincide with ours
 Reported: milliseconds per grid point (best of --repeats; on CPU by default process CPU time with one thread, which is robust
 to other processes sharing the machine; --clock wall for elapsed time), ratio anchor/method (>1 = faster than the anchor), peak memory
@@ -124,23 +125,23 @@ def timed(fn, device, clock):
     return v, dt, pk.mib
 
 
-def lv(strategy, model, x, y, d1, d2, n, budget=None):
+def lv(strategy, model, x, y, d1, d2, n, memory_format='auto'):
     ls = slice_2d(model, F.cross_entropy, (x, y), (d1, d2), span=(-1, 1, -1, 1), steps=(n, n), strategy=strategy,
-                  budget=budget, verbose=False)
+                  memory_format=memory_format, verbose=False)
     lv.last = ls
     return ls.values['loss']
 
 
 def check_float64(model, x, y, device):
-    "Values of lossviz (both strategies), the in-place loop and loss-landscapes agree in float64 on a 7x7 grid"
+    "Values of lossviz (both strategies, both layouts), the in-place loop and loss-landscapes agree in float64 on a 7x7 grid"
     m = copy.deepcopy(model).double()
     x = x.double()
     d1, d2 = random_directions(m, 2, seed=1)
     xs = torch.linspace(-1, 1, 7, dtype=torch.float64)
     ref = inplace_loop(m, x, y, d1, d2, xs, xs)
-    for s in ('loop', 'vmap'):
-        v = lv(s, m, x, y, d1, d2, 7)
-        assert torch.allclose(v, ref, rtol=1e-10, atol=0), (s, (v - ref).abs().max())
+    for s, f in (('loop', 'contiguous'), ('loop', 'channels_last'), ('vmap', 'contiguous')):
+        v = lv(s, m, x, y, d1, d2, 7, f)
+        assert torch.allclose(v, ref, rtol=1e-10, atol=0), (s, f, (v - ref).abs().max())
     a, b = ll_matched(ll_plane(m, x, y, d1, d2, 7), ref)
     assert torch.allclose(a, b, rtol=1e-10, atol=0), (a - b).abs().max()
     return float((v - ref).abs().max())
@@ -170,20 +171,21 @@ def main():
         if name == 'mlp': x = x.flatten(1)
         model = train(model.to(device), x, y)
         before = copy.deepcopy(model.state_dict())
-        print(f"\n== {name}: P={param_spec(model).size:,}; float64 7x7 check: lossviz(loop, vmap) == in-place == loss-landscapes "
+        print(f"\n== {name}: P={param_spec(model).size:,}; float64 7x7 check: lossviz(loop, loop cl, vmap) == in-place == loss-landscapes "
               f"to 1e-10 relative (max abs diff {check_float64(model, x, y, device):.1e})")
         d1, d2 = random_directions(model, 2, seed=0)
         xs = torch.linspace(-1, 1, n, dtype=torch.float64)
         methods = {'inplace': lambda: inplace_loop(model, x, y, d1, d2, xs, xs),
                    'lossviz auto': lambda: lv('auto', model, x, y, d1, d2, n),
-                   'lossviz loop': lambda: lv('loop', model, x, y, d1, d2, n),
+                   'lossviz loop': lambda: lv('loop', model, x, y, d1, d2, n, 'contiguous'),
+                   'lossviz loop cl': lambda: lv('loop', model, x, y, d1, d2, n, 'channels_last'),
                    'lossviz vmap': lambda: lv('vmap', model, x, y, d1, d2, n),
                    'loss-landscapes': lambda: ll_plane(model, x, y, d1, d2, n)}
         best, mem, vals, chosen = {}, {}, {}, None
         for r in range(args.repeats):  # interleaved repeats: machine load drifts affect all methods alike
             for k, fn in methods.items():
                 v, dt, mib = timed(fn, device, clock)
-                if k == 'lossviz auto': chosen = lv.last.meta['strategy']
+                if k == 'lossviz auto': chosen = (lv.last.meta['strategy'], lv.last.meta['memory_format'])
                 best[k], mem[k], vals[k] = min(best.get(k, 1e9), dt / n**2), max(mem.get(k, 0), mib), v
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "a method changed the model"
         ref = vals['inplace']
@@ -194,7 +196,7 @@ def main():
             diff = float(((a - b).abs() / b.abs()).max())
             print(f"{k:<16} {best[k] * 1e3:9.3f} {best['inplace'] / best[k]:10.2f}x {best['loss-landscapes'] / best[k]:6.2f}x "
                   f"{mem[k]:9.1f} {diff:13.1e}")
-        print(f"auto chose: {chosen}")
+        print(f"auto chose: {chosen[0]}, {chosen[1]} layout")
 
 
 if __name__ == '__main__':

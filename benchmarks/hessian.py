@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lossviz.hessian import Hessian, LINEARIZE_AFTER
+from landscape import train   # benchmarks/landscape.py: a few full-batch Adam steps, then eval mode
 
 
 def cnn():
@@ -26,16 +27,6 @@ def cnn():
     return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
                          nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                          nn.Linear(1024, 114), nn.ReLU(), nn.Linear(114, 10))
-
-
-def train(model, X, Y, steps):
-    "A few full-batch Adam steps (train mode, so BatchNorm statistics are learned too), then eval mode"
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad(); F.cross_entropy(model(X), Y).backward(); opt.step()
-    return model.eval()
 
 
 def digits_batch(n):

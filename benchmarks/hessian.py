@@ -41,11 +41,6 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def median_time(fn, reps):
-    fn()  # warm-up
-    return statistics.median(timed(fn)[1] for _ in range(reps))
-
-
 def shim_torch_eig():
     "PyHessian's density calls the removed `torch.eig(a, eigenvectors=True)` -> ((n, 2) real/imag, vectors)"
     def eig(a, eigenvectors=False):
@@ -63,7 +58,7 @@ def main():
     ap.add_argument('--runs', type=int, default=8, help='SLQ runs')
     ap.add_argument('--steps', type=int, default=80, help='SLQ Lanczos steps')
     ap.add_argument('--trace-tol', type=float, default=0.01)
-    ap.add_argument('--reps', type=int, default=5)
+    ap.add_argument('--reps', type=int, default=7, help='round-robin repetitions of the HVP timings (median)')
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
     ap.add_argument('--parts', default='hvp,eig,trace,density', help='comma-separated subset of hvp,eig,trace,density')
     ap.add_argument('--train-steps', type=int, default=60,
@@ -75,14 +70,11 @@ def main():
     shim_torch_eig()
     X, Y = digits_batch(args.batch)
     model = train(cnn(), X, Y, args.train_steps) if args.train_steps else cnn().eval()
-    params = [p for p in model.parameters()]
-    P = sum(p.numel() for p in params)
+    P = sum(p.numel() for p in model.parameters())
     with torch.no_grad(): loss = F.cross_entropy(model(X), Y).item()
     print(f"small CNN on digits: P={P:,}, batch {len(X)}, {args.train_steps} training steps (loss {loss:.4f}), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}\n")
 
-    t_grad = median_time(lambda: torch.autograd.grad(F.cross_entropy(model(X), Y), params), args.reps)
-    print(f"one gradient: {t_grad * 1e3:.1f} ms")
     from pyhessian import hessian as PyHessian
     he = None
     try:
@@ -91,7 +83,7 @@ def main():
     except ImportError:
         print("hessian-eigenthings not installed: skipped")
     V8 = torch.randn(8, P)
-    if 'hvp' in parts: bench_hvp(model, X, Y, P, t_grad, V8, args.reps, PyHessian)
+    if 'hvp' in parts: bench_hvp(model, X, Y, P, V8, args.reps, PyHessian)
     if 'eig' in parts: bench_eig(model, X, Y, P, PyHessian, he, op if he else None)
     H = Hessian(model, F.cross_entropy, (X, Y), verbose=False)
     H.matvec(V8)  # setup and method choice, as any first use does
@@ -99,34 +91,40 @@ def main():
     if 'density' in parts: bench_density(model, X, Y, H, PyHessian, he, op if he else None, args.runs, args.steps)
 
 
-def bench_hvp(model, X, Y, P, t_grad, V8, reps, PyHessian):
-    "One product per implementation, in units of one gradient"
+def bench_hvp(model, X, Y, P, V8, reps, PyHessian):
+    "One product per implementation, in units of one gradient; all timed round-robin, so that drifts in machine load hit all alike"
+    from pyhessian.utils import hessian_vector_product
     v = torch.randn(P)
-    row('HVP implementation', 'setup s', 'ms / product', 'x gradient')
-    lv_times = {}
-    for method in ('linearize', 'jvp', 'vjp', 'double_backward', 'auto'):   # auto last: the first timings in a process run cold
+    params = list(model.parameters())
+    fns, setup, chosen = {'gradient': lambda: torch.autograd.grad(F.cross_entropy(model(X), Y), params)}, {}, {}
+    for method in ('linearize', 'jvp', 'vjp', 'double_backward', 'auto'):
         H, t_setup = timed(lambda: Hessian(model, F.cross_entropy, (X, Y), method=method, verbose=False))
         _, t_first = timed(lambda: H.matvec(v))
-        t = median_time(lambda: H.matvec(v), reps)
-        lv_times[method] = t
-        label = f"lossviz {method}" + (f" (chose {H._kernel})" if method == 'auto' else '')
-        row(label, f"{t_setup + t_first:.2f}", f"{t * 1e3:.1f}", f"{t / t_grad:.2f}")
-    H.matvec(torch.randn(LINEARIZE_AFTER, P))   # a long computation: auto then measures the kernels once more
-    H.matvec(v)
-    t = median_time(lambda: H.matvec(v), reps)
-    row(f"lossviz auto after {LINEARIZE_AFTER} products (chose {H._kernel})", '', f"{t * 1e3:.1f}", f"{t / t_grad:.2f}")
+        name = f"lossviz {method}"
+        if method == 'auto': name += f" (chose {H._kernel})"
+        fns[name], setup[name] = (lambda H=H: H.matvec(v)), t_setup + t_first
+    Ha = Hessian(model, F.cross_entropy, (X, Y), verbose=False)
+    Ha.matvec(torch.randn(LINEARIZE_AFTER, P))   # a long computation: auto then measures the kernels once more
+    Ha.matvec(v)
+    fns[f"lossviz auto after {LINEARIZE_AFTER} products (chose {Ha._kernel})"] = lambda: Ha.matvec(v)
     Hb = Hessian(model, F.cross_entropy, (X, Y), method='linearize', batched=True, verbose=False)
     Hb.matvec(V8)
-    t8 = median_time(lambda: Hb.matvec(V8), max(1, reps // 2))
-    row('lossviz linearize, vmap over 8, per vector', '', f"{t8 / 8 * 1e3:.1f}", f"{t8 / 8 / t_grad:.2f}")
-
-    from pyhessian.utils import hessian_vector_product
-    ph, t_ph_setup = timed(lambda: PyHessian(copy.deepcopy(model), F.cross_entropy, data=(X, Y), cuda=False))
+    fns['lossviz linearize, vmap over 8, per vector'] = lambda: Hb.matvec(V8)
+    ph, setup['PyHessian (double backward, graph kept)'] = timed(lambda: PyHessian(copy.deepcopy(model), F.cross_entropy, data=(X, Y), cuda=False))
     vl = [torch.randn_like(p) for p in ph.params]
-    t_ph = median_time(lambda: hessian_vector_product(ph.gradsH, ph.params, vl), reps)
-    row('PyHessian (double backward, graph kept)', f"{t_ph_setup:.2f}", f"{t_ph * 1e3:.1f}", f"{t_ph / t_grad:.2f}")
-    t_lv = lv_times['auto']
-    print(f"-> lossviz auto HVP = {t_lv / t_grad:.2f}x a gradient (target <= 1.6x); PyHessian {t_ph / t_grad:.2f}x\n")
+    fns['PyHessian (double backward, graph kept)'] = lambda: hessian_vector_product(ph.gradsH, ph.params, vl)
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items(): times[k].append(timed(f)[1] / (8 if 'over 8' in k else 1))
+    t = {k: statistics.median(ts) for k, ts in times.items()}
+    print(f"one gradient: {t['gradient'] * 1e3:.1f} ms (median of {reps}, timed round-robin with the products below)")
+    row('HVP implementation', 'setup s', 'ms / product', 'x gradient', 'x PyHessian')
+    ph_t = t['PyHessian (double backward, graph kept)']
+    for k in fns:
+        if k != 'gradient': row(k, f"{setup[k]:.2f}" if k in setup else '', f"{t[k] * 1e3:.1f}", f"{t[k] / t['gradient']:.2f}", f"{t[k] / ph_t:.2f}")
+    auto, after = next(k for k in t if k.startswith('lossviz auto (')), next(k for k in t if k.startswith('lossviz auto after'))
+    print(f"-> lossviz auto HVP = {t[auto] / t['gradient']:.2f}x a gradient, {t[after] / t['gradient']:.2f}x after {LINEARIZE_AFTER} products "
+          f"(target <= 1.6x); PyHessian {ph_t / t['gradient']:.2f}x\n")
 
 
 def bench_eig(model, X, Y, P, PyHessian, he, op):

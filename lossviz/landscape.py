@@ -6,13 +6,12 @@ Docs: https://lossviz.github.io/lossviz/landscape.html.md"""
 
 # %% ../nbs/04_landscape.ipynb #25b51cad
 from __future__ import annotations
-from collections import OrderedDict
 import contextlib, dataclasses, json, math, os, time, warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-import torch
+import torch, torch.fx
 from torch import nn, Tensor
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_leaves
@@ -254,6 +253,45 @@ def _in_format(t:Tensor, fmt:str) -> Tensor:
     return t.contiguous()
 
 # %% ../nbs/04_landscape.ipynb #867023a7
+_AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+def _has_hooks(model:nn.Module) -> bool:
+    "Whether a forward (pre-)hook is registered on `model`, a submodule, or globally: the first-layer shortcut would skip some of them"
+    M = nn.modules.module
+    return bool(M._global_forward_hooks or M._global_forward_pre_hooks) or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+def _sub_module(gm:torch.fx.GraphModule, inp:torch.fx.Node, nodes:list, out:torch.fx.Node|None=None) -> torch.fx.GraphModule:
+    "A module running the traced `nodes` (in graph order) of `gm` with `inp` as its one input, returning `out` (None: `nodes` end with the output)"
+    g = torch.fx.Graph()
+    env = {inp: g.placeholder('x')}
+    for n in nodes: env[n] = g.node_copy(n, env.__getitem__)
+    if out is not None: g.output(env[out])
+    return torch.fx.GraphModule(gm, g)   # submodules are shared with `gm` (and the model) under their original names
+
+def _split_first_layer(model:nn.Module):
+    "`(prefix, name, layer, rest)` with `model(x) == rest(layer(prefix(x)))` when the conditions above hold; None otherwise"
+    try:
+        with eval_semantics(model): gm = torch.fx.symbolic_trace(model)
+    except Exception: return None   # not traceable: the whole model runs at each point, which is always correct
+    nodes = list(gm.graph.nodes)
+    inputs = [n for n in nodes if n.op == 'placeholder']
+    reads_state = lambda n: n.op == 'get_attr' or (n.op == 'call_module' and any(True for _ in gm.get_submodule(n.target).state_dict()))
+    first = next((n for n in nodes if reads_state(n)), None)
+    if len(inputs) != 1 or first is None or first.op != 'call_module' or len(first.args) != 1 or first.kwargs: return None
+    if not isinstance(first.args[0], torch.fx.Node): return None
+    layer = gm.get_submodule(first.target)
+    if type(layer) not in _AFFINE_LAYERS or sum(n.op == 'call_module' and n.target == first.target for n in nodes) > 1: return None
+    before, todo = set(), [first.args[0]]
+    while todo:   # everything the first layer's input is computed from
+        n = todo.pop()
+        if n not in before: before.add(n); todo += n.all_input_nodes
+    if inputs[0] not in before or any(u is not first and u not in before for n in before for u in n.users): return None
+    prefix = _sub_module(gm, inputs[0], [n for n in nodes if n in before and n is not inputs[0]], first.args[0])
+    rest = _sub_module(gm, first, [n for n in nodes if n not in before and n is not first])
+    if {id(p) for p in layer.parameters()} & {id(p) for p in rest.parameters()}: return None
+    return prefix, first.target, layer, rest
+
+# %% ../nbs/04_landscape.ipynb #cded77d3
 class GridEvaluator:
     "Evaluates metrics of `model` on `data` at many parameter vectors, without touching the model"
     def __init__(self, model:nn.Module, # the model (never modified)
@@ -289,7 +327,7 @@ class GridEvaluator:
         self.bn_names = self._bn_buffer_names() if bn == 'recompute' else []
         self.bn_batches, self.first_layer = bn_batches, first_layer
         self._aliases = _aliases(model)
-        self._split, self._affine = self._first_layer_split(), None
+        self._split, self._affine = self._first_layer_split() if first_layer else None, None
         self._host, self._rest_host = _Host(model), (_Host(self._split[3]) if self._split else None)
         self.memory_format, self._fmt = memory_format, 'contiguous'
         self._has_nd = any(len(s) in (4, 5) for s in self.spec.shapes) or any(t.dim() in (4, 5) for t in self.base.values())
@@ -393,29 +431,35 @@ class GridEvaluator:
         if self._affine is not None: self._affine = [(_in_format(a0, fmt), [_in_format(t, fmt) for t in a]) for a0, a in self._affine]
 
     def _first_layer_split(self):
-        "(prefix, name, first layer, rest, rest's state names) when `model` is a Sequential whose first layer with parameters is a plain Linear/Conv"
-        m = self.model
-        if not isinstance(m, nn.Sequential) or self.bn_names or self.autocast is not None: return None
-        for i, (name, mod) in enumerate(m.named_children()):
-            if not [*mod.parameters(), *mod.buffers()]: continue
-            rest = nn.Sequential(OrderedDict(list(m._modules.items())[i + 1:]))   # not `m[i + 1:]`, which calls a subclass's own constructor
-            if type(mod) not in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d) or {id(p) for p in mod.parameters()} & {id(p) for p in rest.parameters()}: return None
-            keys = {n for n, _ in rest.named_parameters(remove_duplicate=False)} | {n for n, _ in rest.named_buffers(remove_duplicate=False)}
-            return nn.Sequential(OrderedDict(list(m._modules.items())[:i])), name, mod, rest, keys
-        return None
+        "(prefix, name, first layer, rest, rest's state names) when the first layer with parameters is a Linear/Conv that only the input reaches"
+        if self.bn_names or self.autocast is not None or _has_hooks(self.model): return None
+        split = _split_first_layer(self.model)
+        if split is None: return None
+        rest = split[3]
+        keys = {n for n, _ in rest.named_parameters(remove_duplicate=False)} | {n for n, _ in rest.named_buffers(remove_duplicate=False)}
+        return (*split, keys)
+
+    def _split_agrees(self, state, x, a0) -> bool:
+        "Whether the rest of the network on the first-layer output `a0` reproduces the whole model on `x` (catches what tracing cannot see, such as randomness in `forward`)"
+        full, via = tree_leaves(self._call(state, x)), tree_leaves(self._call_rest(state, a0))
+        same = lambda f, v: (isinstance(f, Tensor) and isinstance(v, Tensor) and f.shape == v.shape and
+                             (f.numel() == 0 or torch.allclose(f, v, rtol=1e-4, atol=1e-4 * float(f.abs().max()), equal_nan=True)))
+        return len(full) == len(via) and all(same(f, v) for f, v in zip(full, via))
 
     def _first_layer_cache(self, origin, D):
         "Per batch, the first layer's outputs at `origin` and along each direction (None if the model does not allow it or they exceed a quarter of the budget)"
         if self._split is None: return None
         prefix, name, first, _, _ = self._split
         names = [f"{name}.{k}" for k, _ in first.named_parameters()]
-        at = lambda src: {k.split('.', 1)[1]: src[k] if k in src else torch.zeros_like(self.base[k]) for k in names}
-        po, dirs = at({**self.base, **self.spec.unflatten(origin)}), [at(self.spec.unflatten(d)) for d in D]
+        state = {**self.base, **self.spec.unflatten(origin)}
+        at = lambda src: {k[len(name) + 1:]: src[k] if k in src else torch.zeros_like(self.base[k]) for k in names}
+        po, dirs = at(state), [at(self.spec.unflatten(d)) for d in D]
         cache, used = [], 0
-        for x, _, _ in self.batches:
+        for b, (x, _, _) in enumerate(self.batches):
             if not isinstance(x, Tensor): return None
             xp = prefix(x)
             a0, a = functional_call(first, po, (xp,)), [functional_call(first, d, (xp,)) for d in dirs]
+            if b == 0 and not self._split_agrees(state, x, a0): return None
             used += a0.numel() * a0.element_size() * (1 + len(a))
             if used > self.budget // 4: return None
             cache.append((a0, a))

@@ -7,8 +7,8 @@ Models (on scikit-learn's digits, 512 samples a point, eval mode):
   mlp: 64 -> 128 -> 128 -> 10 with ReLU
 Methods, all in one process on the same directions and grid:
   inplace  the anchor: one model copy, write theta + a*d1 + b*d2 into its parameters in place, evaluate, one point at a time
-  lossviz  lossviz.landscape.slice_2d with strategy and memory format "auto" (and, for reference, the loop in the contiguous
-           and the channels-last layout, and vmap, forced)
+  lossviz  lossviz.landscape.slice_2d with strategy, memory format and first-layer shortcut "auto" (and, for reference, the
+           loop in the contiguous and the channels-last layout, and vmap, forced; the shortcut still measured)
   ll       loss_landscapes.planar_interpolation (PyPI 3.0.6), its plane placed so its grid points coincide with ours
 Reported: milliseconds per grid point (best of --repeats; on CPU by default process CPU time with one thread, which is robust
 to other processes sharing the machine; --clock wall for elapsed time), ratio anchor/method (>1 = faster than the anchor), peak memory
@@ -185,7 +185,7 @@ def main():
         for r in range(args.repeats):  # interleaved repeats: machine load drifts affect all methods alike
             for k, fn in methods.items():
                 v, dt, mib = timed(fn, device, clock)
-                if k == 'lossviz auto': chosen = (lv.last.meta['strategy'], lv.last.meta['memory_format'])
+                if k == 'lossviz auto': chosen = (lv.last.meta['strategy'], lv.last.meta['memory_format'], lv.last.meta['first_layer'])
                 best[k], mem[k], vals[k] = min(best.get(k, 1e9), dt / n**2), max(mem.get(k, 0), mib), v
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "a method changed the model"
         ref = vals['inplace']
@@ -196,7 +196,7 @@ def main():
             diff = float(((a - b).abs() / b.abs()).max())
             print(f"{k:<16} {best[k] * 1e3:9.3f} {best['inplace'] / best[k]:10.2f}x {best['loss-landscapes'] / best[k]:6.2f}x "
                   f"{mem[k]:9.1f} {diff:13.1e}")
-        print(f"auto chose: {chosen[0]}, {chosen[1]} layout")
+        print(f"auto chose: {chosen[0]}, {chosen[1]} layout, first-layer shortcut {'on' if chosen[2] else 'off'}")
 
 
 if __name__ == '__main__':

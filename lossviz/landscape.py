@@ -305,13 +305,14 @@ class GridEvaluator:
                  budget:int|None=None, # memory budget in bytes for a vmap chunk (None: `core.default_budget`)
                  autocast:torch.dtype|None=None, # run forward passes under `torch.autocast` with this dtype
                  include_buffers:bool=False, # floating buffers vary too (for interpolation between models)
-                 first_layer:bool=True, # reuse the first layer's outputs, affine in the coordinates, where the model allows
+                 first_layer:bool|str='auto', # reuse the first layer's outputs, affine in the coordinates, where the model allows: True, False or "auto" (measured)
                  memory_format:str='auto', # layout of 4-D/5-D parameters in the loop: "contiguous", "channels_last" or "auto" (measured)
                 ):
         if not isinstance(model, nn.Module): raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
         if strategy not in ('auto', 'loop', 'vmap'): raise ValueError(f"`strategy` must be 'auto', 'loop' or 'vmap', got {strategy!r}")
         if memory_format not in ('auto', 'contiguous', 'channels_last'): raise ValueError(f"`memory_format` must be 'auto', 'contiguous' or 'channels_last', got {memory_format!r}")
         if bn not in ('eval', 'recompute'): raise ValueError(f"`bn` must be 'eval' or 'recompute', got {bn!r}")
+        if first_layer not in (True, False, 'auto'): raise ValueError(f"`first_layer` must be True, False or 'auto', got {first_layer!r}")
         self.model, self.metrics, self.bn, self.strategy, self.autocast = model, resolve_metrics(loss_fn, metrics), bn, strategy, autocast
         self.device = model_device(model)
         self.budget = default_budget(self.device) if budget is None else budget
@@ -331,7 +332,7 @@ class GridEvaluator:
         self._host, self._rest_host = _Host(model), (_Host(self._split[3]) if self._split else None)
         self.memory_format, self._fmt = memory_format, 'contiguous'
         self._has_nd = any(len(s) in (4, 5) for s in self.spec.shapes) or any(t.dim() in (4, 5) for t in self.base.values())
-        self.chosen, self.chosen_format, self.timings, self.used_first_layer, self._bytes = None, None, {}, False, None
+        self.chosen, self.chosen_format, self.timings, self.used_first_layer, self._bytes, self._cache = None, None, {}, False, None, None
 
     def _bn_buffer_names(self):
         names = [f"{mn}.{b}" if mn else b for mn, m in self.model.named_modules() if isinstance(m, _BN) and m.track_running_stats
@@ -425,10 +426,10 @@ class GridEvaluator:
             raw += [v for o in f(ps, self._first_out(b, C) if affine else x) for v in self._metric_raw(o, y)]
         return self._weighted(torch.stack(raw).reshape(-1, len(P), len(self.metrics)).transpose(0, 1))
 
-    def _set_format(self, fmt):
-        "Use layout `fmt` for the loop's parameters and the cached first-layer outputs"
+    def _configure(self, fmt, shortcut):
+        "Use layout `fmt` for the loop's parameters, and the cached first-layer outputs (in that layout) if `shortcut`"
         self._fmt = fmt
-        if self._affine is not None: self._affine = [(_in_format(a0, fmt), [_in_format(t, fmt) for t in a]) for a0, a in self._affine]
+        self._affine = [(_in_format(a0, fmt), [_in_format(t, fmt) for t in a]) for a0, a in self._cache] if shortcut else None
 
     def _first_layer_split(self):
         "(prefix, name, first layer, rest, rest's state names) when the first layer with parameters is a Linear/Conv that only the input reaches"
@@ -508,10 +509,10 @@ class GridEvaluator:
             if on_chunk is not None: on_chunk(idx, v)
         C, D, origin = C.to(self.device, self.spec.dtype), D.to(self.device, self.spec.dtype), origin.to(self.device, self.spec.dtype)
         with self._mode():
-            self._affine = self._first_layer_cache(origin, D) if self.first_layer else None
+            self._cache = self._first_layer_cache(origin, D)
             cands = self._candidates()
-            (strategy, fmt), start = self._probe(cands, origin, D, C, store) if len(cands) > 1 else (cands[0], 0)
-            self._set_format(fmt)
+            (strategy, fmt, shortcut), start = self._probe(cands, origin, D, C, store) if len(cands) > 1 else (cands[0], 0)
+            self._configure(fmt, shortcut)
             size = 4 if strategy == 'loop' else chunk_count(N, self.bytes_per_point(), self.budget, self.device)
             bar = progress(total=N, desc=f'grid ({strategy})', verbose=verbose)
             bar.update(start)
@@ -523,25 +524,27 @@ class GridEvaluator:
                     if strategy == 'loop': size = max(1, min(1024, int(len(idx) * LOOP_CHUNK_SECONDS / max(time.perf_counter() - t0, 1e-6))))
                     start += len(idx); bar.update(len(idx))
             finally: bar.close()
-        self.chosen, self.chosen_format, self.used_first_layer, self._affine = strategy, fmt, self._affine is not None, None
+        self.chosen, self.chosen_format, self.used_first_layer, self._affine, self._cache = strategy, fmt, shortcut, None, None
         return out
 
     def _candidates(self):
-        "The `(strategy, memory format)` pairs to choose from, in probing order (the first is the default)"
+        "The `(strategy, memory format, first-layer shortcut)` choices, in probing order (the first is the default)"
         strategies = ['loop'] if self.bn_names else (['loop', 'vmap'] if self.strategy == 'auto' else [self.strategy])
         formats = [self.memory_format] if self.memory_format != 'auto' else ['contiguous', 'channels_last'] if self._has_nd else ['contiguous']
-        return [('loop', f) for f in formats if 'loop' in strategies] + ([('vmap', 'contiguous')] if 'vmap' in strategies else [])
+        shortcuts = [False] if self._cache is None else [True, False] if self.first_layer == 'auto' else [True]
+        return ([('loop', f, s) for f in formats for s in shortcuts if 'loop' in strategies] +
+                ([('vmap', 'contiguous', shortcuts[0])] if 'vmap' in strategies else []))
 
     def _probe(self, cands, origin, D, C, store):
         "Evaluate the first points with each candidate, time them, and return the fastest candidate and the next index"
-        k = min(8, chunk_count(len(C), self.bytes_per_point(), self.budget, self.device)) if ('vmap', 'contiguous') in cands else 8
+        k = min(8, chunk_count(len(C), self.bytes_per_point(), self.budget, self.device)) if cands[-1][0] == 'vmap' else 8
         if len(C) < len(cands) * (k + 2) + 8: return cands[0], 0
         # small on purpose (the losing candidates' points cost extra); equal timed windows of k points, each after a warm-up
         # call (1 point for the loop, 2 for vmap) whose time is discarded
         start, best = 0, None
         for cand in cands:
-            strategy, fmt = cand
-            self._set_format(fmt)
+            strategy, fmt, shortcut = cand
+            self._configure(fmt, shortcut)
             for n in (1 if strategy == 'loop' else 2, k):
                 idx = torch.arange(start, start + n)
                 v, t = self._timed(strategy, origin, D, C[idx])
@@ -760,7 +763,7 @@ def evaluate_grid(ev:GridEvaluator, # the evaluator (model, data, metrics, strat
         sums = torch.stack([ls.values[k] * n_samples for k in ls.values])
         sums, n_samples = all_reduce_sum(sums, n_samples)
         for j, k in enumerate(ls.values): ls.values[k] = sums[j] / n_samples
-    ls.meta.update(strategy=ev.chosen, memory_format=ev.chosen_format, n_samples=n_samples)
+    ls.meta.update(strategy=ev.chosen, memory_format=ev.chosen_format, first_layer=ev.used_first_layer, n_samples=n_samples)
     _finite_or_nan(ls)
     return ls
 

@@ -1,4 +1,4 @@
-"""Loss-landscape slices: directions, 1D/2D slices, interpolation and curves between models, trajectories, sharpness, and a batched grid evaluator.
+"""Loss-landscape slices: directions, 1D/2D slices and 3D volumes, interpolation and curves between models, trajectories, sharpness, and a batched grid evaluator.
 
 Docs: https://lossviz.github.io/lossviz/landscape.html.md"""
 
@@ -25,8 +25,8 @@ from .distributed import shard as shard_range, gather_blocks
 __all__ = ['LOOP_CHUNK_SECONDS', 'param_spec', 'as_direction', 'normalize_direction', 'random_direction', 'orthogonalize',
            'random_directions', 'direction_between', 'direction_from_vector', 'PCADirections', 'pca_directions',
            'project_trajectory', 'accuracy', 'resolve_metrics', 'GridEvaluator', 'Landscape', 'evaluate_grid',
-           'slice_1d', 'slice_2d', 'slice_nd', 'interpolate', 'Barrier', 'loss_barrier', 'curve_coefficients', 'Curve',
-           'fit_curve', 'Sharpness', 'sharpness']
+           'slice_1d', 'slice_2d', 'slice_3d', 'slice_nd', 'interpolate', 'Barrier', 'loss_barrier',
+           'curve_coefficients', 'Curve', 'fit_curve', 'Sharpness', 'sharpness']
 
 # %% ../nbs/04_landscape.ipynb #85aa4a9e
 def param_spec(model:nn.Module, # the model whose parameters the directions live on
@@ -558,7 +558,7 @@ class GridEvaluator:
 # %% ../nbs/04_landscape.ipynb #954ed549
 @dataclass
 class Landscape:
-    "A 1D or 2D slice of metrics over a grid: coordinates, `values[metric]` (x first), directions, origin, metadata"
+    "A 1D, 2D or 3D slice of metrics over a grid: coordinates, `values[metric]` (x first), directions, origin, metadata"
     xs: Tensor
     ys: Tensor|None
     values: dict
@@ -569,9 +569,12 @@ class Landscape:
     done: Tensor|None = None
     trajectory: Tensor|None = None
     meta: dict = field(default_factory=dict)
+    zs: Tensor|None = None   # z coordinates of a 3D volume
 
     @property
-    def shape(self) -> tuple: return (len(self.xs),) if self.ys is None else (len(self.xs), len(self.ys))
+    def axes(self) -> list[Tensor]: return [a for a in (self.xs, self.ys, self.zs) if a is not None]
+    @property
+    def shape(self) -> tuple: return tuple(len(a) for a in self.axes)
     @property
     def complete(self) -> bool: return self.done is None or bool(self.done.all())
 
@@ -585,8 +588,7 @@ class Landscape:
         v = self._metric(metric)
         i = int(torch.nan_to_num(v, nan=float('inf')).argmin())
         ij = np.unravel_index(i, self.shape)
-        coords = (float(self.xs[ij[0]]),) if self.ys is None else (float(self.xs[ij[0]]), float(self.ys[ij[1]]))
-        return coords, float(v.reshape(-1)[i])
+        return tuple(float(a[j]) for a, j in zip(self.axes, ij)), float(v.reshape(-1)[i])
 
     def to_dict(self) -> dict:
         "The fields as a plain dict (tensors copied)"
@@ -610,7 +612,7 @@ def save(self:Landscape, path:str|os.PathLike):
     "Write the landscape to `path` (a portable `.npz`), atomically"
     path = Path(path)
     arrs = {'xs': _np(self.xs), **{f'values/{k}': _np(v) for k, v in self.values.items()}}
-    for k in ('ys', 'directions', 'origin', 'done', 'trajectory'):
+    for k in ('ys', 'zs', 'directions', 'origin', 'done', 'trajectory'):
         if getattr(self, k) is not None: arrs[k] = _np(getattr(self, k))
     header = {'metrics': list(self.values), 'names': self.names, 'shapes': [list(s) for s in self.shapes], 'meta': self.meta}
     tmp = path.with_name(path.name + '.tmp')
@@ -625,7 +627,7 @@ def load(cls:Landscape, path:str|os.PathLike) -> Landscape:
         h = json.loads(str(z['header']))
         get = lambda k: torch.from_numpy(z[k].copy()) if k in z.files else None
         return cls(get('xs'), get('ys'), {k: get(f'values/{k}') for k in h['metrics']}, get('directions'), get('origin'),
-                   h['names'], [tuple(s) for s in h['shapes']], get('done'), get('trajectory'), h['meta'])
+                   h['names'], [tuple(s) for s in h['shapes']], get('done'), get('trajectory'), h['meta'], get('zs'))
 
 # %% ../nbs/04_landscape.ipynb #c7ab383c
 def _plot_values(ls, metric, log):
@@ -636,7 +638,7 @@ def _plot_values(ls, metric, log):
     return v
 
 @patch
-def plot(self:Landscape, kind:str='contour', # "contour", "surface" or "heatmap" (2D); ignored for 1D
+def plot(self:Landscape, kind:str|None=None, # 2D: "contour" (the default), "surface" or "heatmap"; 3D: "volume"; ignored for 1D
           backend:str='plotly', # "plotly" or "matplotlib"
           metric:str='loss', # which metric to draw
           log:bool=False, # draw log10 of the values
@@ -644,16 +646,31 @@ def plot(self:Landscape, kind:str='contour', # "contour", "surface" or "heatmap"
           mark_min:bool=True, # mark the minimum
          ):
     "Plot the slice; returns a plotly `go.Figure` or a matplotlib `Figure`"
-    if kind not in ('contour', 'surface', 'heatmap'): raise ValueError(f"`kind` must be 'contour', 'surface' or 'heatmap', got {kind!r}")
+    kinds = ('volume',) if self.zs is not None else ('contour', 'surface', 'heatmap')
+    kind = kinds[0] if kind is None else kind
+    if kind not in kinds: raise ValueError(f"`kind` must be one of {kinds} for this {len(self.shape)}D landscape, got {kind!r}" +
+                                           (" (`section` gives a plane of the volume)" if self.zs is not None else ''))
     if backend not in ('plotly', 'matplotlib'): raise ValueError(f"`backend` must be 'plotly' or 'matplotlib', got {backend!r}")
     v, xs = _plot_values(self, metric, log), _np(self.xs)
     label = f"log10 {metric}" if log else metric
     (c, _) = self.minimum(metric)
     return (_plot_plotly if backend == 'plotly' else _plot_mpl)(self, kind, v, xs, label, levels, c if mark_min else None)
 
+def _volume_points(ls, v):
+    "Coordinates of every grid point of a volume, and its values with NaN drawn as the largest value (both flat)"
+    g = np.meshgrid(*[_np(a) for a in ls.axes], indexing='ij')
+    return [a.ravel() for a in g], np.where(np.isnan(v), np.nanmax(v), v).ravel()
+
+_XYZ = dict(xaxis_title='x (direction 1)', yaxis_title='y (direction 2)', zaxis_title='z (direction 3)')
+
 def _plot_plotly(ls, kind, v, xs, label, levels, cmin):
     import plotly.graph_objects as go
     fig = go.Figure()
+    if kind == 'volume':
+        (gx, gy, gz), w = _volume_points(ls, v)
+        fig.add_trace(go.Volume(x=gx, y=gy, z=gz, value=w, opacity=0.15, surface_count=min(levels, 15), colorbar=dict(title=label)))
+        if cmin: fig.add_trace(go.Scatter3d(x=[cmin[0]], y=[cmin[1]], z=[cmin[2]], mode='markers', name='minimum', marker=dict(size=6, symbol='x', color='red')))
+        return fig.update_layout(scene=_XYZ)
     if ls.ys is None:
         fig.add_trace(go.Scatter(x=xs, y=v, mode='lines', name=label))
         if cmin: fig.add_trace(go.Scatter(x=[cmin[0]], y=[np.nanmin(v)], mode='markers', name='minimum', marker=dict(size=10, symbol='x')))
@@ -673,6 +690,13 @@ def _plot_plotly(ls, kind, v, xs, label, levels, cmin):
 
 def _plot_mpl(ls, kind, v, xs, label, levels, cmin):
     import matplotlib.pyplot as plt
+    if kind == 'volume':
+        fig = plt.figure(); ax = fig.add_subplot(projection='3d')
+        (gx, gy, gz), w = _volume_points(ls, v)
+        fig.colorbar(ax.scatter(gx, gy, gz, c=w, cmap='viridis', alpha=0.25, s=8), ax=ax, label=label)
+        if cmin: ax.scatter([cmin[0]], [cmin[1]], [cmin[2]], color='red', marker='x', s=60)
+        ax.set(xlabel=_XYZ['xaxis_title'], ylabel=_XYZ['yaxis_title'], zlabel=_XYZ['zaxis_title'])
+        return fig
     if ls.ys is None:
         fig, ax = plt.subplots()
         ax.plot(xs, v)
@@ -707,7 +731,7 @@ def _resume(ls, checkpoint):
     "Copy finished points from `checkpoint` into `ls` when it was computed for the same grid"
     old = Landscape.load(checkpoint)
     same = lambda a, b: (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape and torch.equal(a.to(b.dtype), b))
-    if not (same(old.xs, ls.xs) and same(old.ys, ls.ys) and same(old.directions, ls.directions.cpu()) and same(old.origin, ls.origin.cpu())
+    if not (same(old.xs, ls.xs) and same(old.ys, ls.ys) and same(old.zs, ls.zs) and same(old.directions, ls.directions.cpu()) and same(old.origin, ls.origin.cpu())
             and list(old.values) == list(ls.values)):
         raise ValueError(f"`checkpoint` {str(checkpoint)!r} was computed for a different grid, origin, directions or metrics; use a new path")
     for k in ls.values: ls.values[k] = old.values[k].to(torch.float64)
@@ -732,15 +756,16 @@ def evaluate_grid(ev:GridEvaluator, # the evaluator (model, data, metrics, strat
                   checkpoint_every:float=30.0, # seconds between checkpoint writes
                   verbose:bool=True,
                   shard:str|None=None, # under torch.distributed: 'points' (every rank has all the data; each evaluates a block of points) or 'data' (each rank has a shard of the data)
+                  zs:Tensor|None=None, # z coordinates (a 3D result)
                  ) -> Landscape:
     "Evaluate `ev` at the points `origin + C[i] @ D` into a `Landscape`, with optional checkpointing and resume"
     if shard not in (None, 'points', 'data'): raise ValueError(f"`shard` must be None, 'points' or 'data', got {shard!r}")
     rank, world = dist_info()
     if shard == 'data' and checkpoint is not None: raise ValueError("`checkpoint` needs whole-data values at each point: use shard='points' (or None) to save partial grids")
     if shard == 'points' and checkpoint is not None and world > 1: checkpoint = f"{os.fspath(checkpoint)}.rank{rank}-of-{world}.npz"
-    shape = (len(xs),) if ys is None else (len(xs), len(ys))
+    shape = tuple(len(a) for a in (xs, ys, zs) if a is not None)
     ls = Landscape(xs, ys, {k: torch.full(shape, float('nan'), dtype=torch.float64) for k in ev.metrics},
-                   D.detach().cpu(), origin.detach().cpu(), ev.spec.names, ev.spec.shapes, torch.zeros(shape, dtype=torch.bool), None, meta)
+                   D.detach().cpu(), origin.detach().cpu(), ev.spec.names, ev.spec.shapes, torch.zeros(shape, dtype=torch.bool), None, meta, zs)
     if checkpoint is not None and Path(checkpoint).exists(): _resume(ls, checkpoint)
     mine = torch.zeros(ls.done.numel(), dtype=torch.bool)
     mine[list(shard_range(ls.done.numel(), rank, world)) if shard == 'points' else slice(None)] = True
@@ -805,26 +830,66 @@ def slice_2d(model:nn.Module, loss_fn, data,
              memory_format:str='auto', # layout of 4-D/5-D parameters: "auto" (measured), "contiguous" or "channels_last"
             ) -> Landscape:
     "Metrics at `theta + a*d1 + b*d2` on a grid; `values[m][i, j]` is at `(xs[i], ys[j])`"
-    if not isinstance(directions, Sequence) or len(directions) != 2: raise ValueError("`directions` must be a pair (d1, d2)")
-    if len(span) != 4: raise ValueError(f"`span` must be (xmin, xmax, ymin, ymax), got {span!r}")
-    steps = (steps, steps) if isinstance(steps, int) else tuple(steps)
-    if len(steps) != 2: raise ValueError(f"`steps` must be an int or a pair, got {steps!r}")
-    ls = slice_nd(model, loss_fn, data, directions, [span[:2], span[2:]], steps, metrics, params, bn, bn_batches, strategy, budget, autocast, checkpoint, verbose, 'slice_2d', shard,
+    spans, steps = _grid_args(directions, span, steps, 2)
+    ls = slice_nd(model, loss_fn, data, directions, spans, steps, metrics, params, bn, bn_batches, strategy, budget, autocast, checkpoint, verbose, 'slice_2d', shard,
                   memory_format)
     if trajectory is not None: ls.trajectory = project_trajectory(trajectory, model, directions, params).cpu()
     return ls
 
+def slice_3d(model:nn.Module, loss_fn, data,
+             directions:Sequence, # three direction dicts or flat vectors `(d1, d2, d3)`
+             span:tuple=(-1, 1, -1, 1, -1, 1), # (xmin, xmax, ymin, ymax, zmin, zmax)
+             steps=(21, 21, 21), # points per axis, or one int for all three
+             metrics=None, params=None, bn:str='eval', bn_batches:int|None=None, strategy:str='auto', budget:int|None=None,
+             autocast:torch.dtype|None=None, checkpoint=None, verbose:bool=True,
+             shard:str|None=None, # under torch.distributed: 'points' or 'data' (see `evaluate_grid`)
+             memory_format:str='auto', # layout of 4-D/5-D parameters: "auto" (measured), "contiguous" or "channels_last"
+            ) -> Landscape:
+    "Metrics at `theta + a*d1 + b*d2 + c*d3` on a 3D grid; `values[m][i, j, k]` is at `(xs[i], ys[j], zs[k])`"
+    spans, steps = _grid_args(directions, span, steps, 3)
+    return slice_nd(model, loss_fn, data, directions, spans, steps, metrics, params, bn, bn_batches, strategy, budget, autocast, checkpoint, verbose, 'slice_3d', shard,
+                    memory_format)
+
+def _grid_args(directions, span, steps, n:int) -> tuple[list, tuple]:
+    "Validate `n` directions, a flat `span` of `2n` bounds and `steps` (an int or `n` of them); returns (spans per axis, steps per axis)"
+    if not isinstance(directions, Sequence) or len(directions) != n: raise ValueError(f"`directions` must be a sequence of {n} directions, got {type(directions).__name__}"
+                                                                                      + (f" of length {len(directions)}" if isinstance(directions, Sequence) else ''))
+    if len(span) != 2 * n: raise ValueError(f"`span` must be ({', '.join(a + b for a in 'xyz'[:n] for b in ('min', 'max'))}), got {span!r}")
+    steps = (steps,) * n if isinstance(steps, int) else tuple(steps)
+    if len(steps) != n: raise ValueError(f"`steps` must be an int or {n} of them, got {steps!r}")
+    return [span[2 * i:2 * i + 2] for i in range(n)], steps
+
 def slice_nd(model, loss_fn, data, directions, spans, steps, metrics=None, params=None, bn='eval', bn_batches=None, strategy='auto',
              budget=None, autocast=None, checkpoint=None, verbose=True, kind='slice', shard=None, memory_format='auto'):
-    "Metrics on the product grid `theta + sum_k c_k d_k` for one or two directions (the engine behind `slice_1d` and `slice_2d`)"
-    if not 1 <= len(directions) <= 2: raise ValueError(f"`directions`: one or two are supported, got {len(directions)}")
+    "Metrics on the product grid `theta + sum_k c_k d_k` for one to three directions (the engine behind `slice_1d`, `slice_2d` and `slice_3d`)"
+    if not 1 <= len(directions) <= 3: raise ValueError(f"`directions`: one to three are supported, got {len(directions)}")
     axes = [_axis(s, n, 'span') for s, n in zip(spans, steps)]
     ev = _evaluator(model, loss_fn, data, params, metrics, bn, bn_batches, strategy, budget, autocast, memory_format=memory_format)
     D = torch.stack([as_direction(d, ev.spec, f'directions[{i}]' if len(directions) > 1 else 'direction') for i, d in enumerate(directions)])
     C = torch.cartesian_prod(*axes).reshape(-1, len(axes))
-    return evaluate_grid(ev, ev.spec.flatten({n: p.detach() for n, p in select_params(model, params).items()}), D, C, axes[0],
-                         axes[1] if len(axes) > 1 else None, dict(kind=kind, bn=bn, spans=[list(map(float, s)) for s in spans]),
-                         checkpoint, verbose=verbose, shard=shard)
+    xs, ys, zs = axes + [None] * (3 - len(axes))
+    return evaluate_grid(ev, ev.spec.flatten({n: p.detach() for n, p in select_params(model, params).items()}), D, C, xs, ys,
+                         dict(kind=kind, bn=bn, spans=[list(map(float, s)) for s in spans]), checkpoint, verbose=verbose, shard=shard, zs=zs)
+
+# %% ../nbs/04_landscape.ipynb #fb3ff100
+@patch
+def section(self:Landscape, axis:str='z', # the axis to fix: "x", "y" or (3D) "z"
+            at:float=0.0, # where to cut it; the nearest grid coordinate is taken
+           ) -> Landscape:
+    "The landscape of one dimension less through the grid plane (or line) nearest to `axis = at`"
+    if len(self.shape) < 2: raise ValueError(f"`section` needs a 2D or 3D landscape, this one is {len(self.shape)}D")
+    names = 'xyz'[:len(self.shape)]
+    if axis not in names: raise ValueError(f"`axis` must be one of {tuple(names)}, got {axis!r}")
+    a = names.index(axis)
+    i = int((self.axes[a] - at).abs().argmin())
+    c, keep = float(self.axes[a][i]), [j for j in range(len(self.shape)) if j != a]
+    xs, ys = [self.axes[j] for j in keep] + [None] * (2 - len(keep))
+    meta = {**self.meta, 'kind': 'section', 'section': {axis: c}}
+    if 'spans' in meta: meta['spans'] = [meta['spans'][j] for j in keep]
+    moved = None if self.origin is None or self.directions is None else self.origin + c * self.directions[a].to(self.origin)
+    return Landscape(xs, ys, {k: v.select(a, i).clone() for k, v in self.values.items()},
+                     None if self.directions is None else self.directions[keep].clone(), moved, list(self.names), list(self.shapes),
+                     None if self.done is None else self.done.select(a, i).clone(), None, meta)
 
 # %% ../nbs/04_landscape.ipynb #9698ceb1
 def interpolate(model_a:nn.Module, # alpha = 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn, Tensor
 from torch.func import grad, jvp, vjp, vmap, linearize
-from torch.utils._pytree import tree_map, tree_leaves
+from torch.utils._pytree import tree_map, tree_leaves, tree_flatten, tree_unflatten
 from fastcore.basics import patch
 from .core import (FunctionalLoss, ParamSpec, select_params, preserved, progress, make_generator,
                           check_scalar_loss, chunk_count, default_budget, call_model, synchronize)
@@ -51,7 +51,7 @@ class Hessian:
                  params=None, # None: all trainable parameters; or names/globs/submodules (see `core.select_params`)
                  curvature:str='hessian', # "hessian", "ggn" (generalised Gauss-Newton) or "empirical_fisher"
                  train_mode:bool=False, # evaluate with batch statistics (running stats are never written)
-                 method:str='auto', # "auto" (timed), or (Hessian only) "linearize", "jvp", "double_backward" or "vjp"
+                 method:str='auto', # "auto" (timed); "linearize", "jvp", "double_backward" or "vjp"; for the GGN and empirical Fisher "jvp" (torch.func) or "double_backward" (torch.autograd)
                  batched:bool|None=None, # vmap stacks of vectors (True), loop (False), or decide by timing (None)
                  chunk_size:int|None=None, # vectors per vmapped call (None: fit `budget`)
                  budget:int|None=None, # memory budget in bytes for batched products (None: `core.default_budget`)
@@ -60,8 +60,8 @@ class Hessian:
                 ):
         if curvature not in CURVATURES: raise ValueError(f"`curvature` must be one of {CURVATURES}, got {curvature!r}")
         if method not in METHODS: raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
-        if curvature != 'hessian' and method not in ('auto', 'jvp'):
-            raise ValueError(f"`method`={method!r} applies to curvature='hessian' only; use 'auto' or 'jvp' for {curvature!r}")
+        if curvature != 'hessian' and method not in ('auto', 'jvp', 'double_backward'):
+            raise ValueError(f"`method`={method!r} applies to curvature='hessian' only; use 'auto', 'jvp' (torch.func) or 'double_backward' (torch.autograd) for {curvature!r}")
         if curvature == 'empirical_fisher' and train_mode:
             raise ValueError("`train_mode`=True is not supported with curvature='empirical_fisher': per-sample gradients are undefined with batch statistics")
         if chunk_size is not None and chunk_size < 1: raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
@@ -127,13 +127,18 @@ def _k_linearize(self:Hessian, i, x, y, V, batched):
     return self._map(self._setup(('linearize', i), make), V, batched)
 
 @patch
+def _graph_leaves(self:Hessian) -> tuple[dict, dict]:
+    "Leaf copies of the chosen parameters (requiring grad) and the whole state around them, for a kept autograd graph (own copies: it must not see in-place writes)"
+    p = {n: t.detach().clone().requires_grad_() for n, t in self.fl.params.items()}
+    return p, {**{n: t.detach().clone() for n, t in {**self.fl.fixed, **self.fl.buffers}.items()}, **p}
+
+@patch
 def _k_double_backward(self:Hessian, i, x, y, V, batched):
     names = self.spec.names
     def make():   # the gradient's graph, built once per batch and kept: each product is then one backward pass
-        p = {n: t.detach().clone().requires_grad_() for n, t in self.fl.params.items()}
-        own = {n: t.detach().clone() for n, t in {**self.fl.fixed, **self.fl.buffers}.items()}   # the kept graph must not see in-place writes
+        p, state = self._graph_leaves()
         with torch.enable_grad():
-            gs = torch.autograd.grad(self.fl.batch_loss({**own, **p}, x, y), [p[n] for n in names], create_graph=True, allow_unused=True)
+            gs = torch.autograd.grad(self.fl.batch_loss(state, x, y), [p[n] for n in names], create_graph=True, allow_unused=True)
         live = [j for j, g in enumerate(gs) if g is not None and g.requires_grad]
         return [p[n] for n in names], [gs[j] for j in live], live
     leaves, gs, live = self._setup(('double_backward', i), make)
@@ -153,6 +158,35 @@ def _k_ggn(self:Hessian, i, x, y, V, batched):
     def one(u): return pullback(loss_hvp(jvp(f, (p,), (u,))[1])[0])[0]
     return self._map(one, V, batched)
 
+def _grads(outputs, inputs, grad_outputs, **kw) -> list[Tensor]:
+    "`torch.autograd.grad` keeping the graph, with zeros (batched like `grad_outputs`) for inputs that are not reached"
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    got = (torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], retain_graph=True, allow_unused=True, **kw)
+           if pairs else [None] * len(inputs))
+    lead = tuple(grad_outputs[0].shape[:1]) if kw.get('is_grads_batched') else ()
+    return [torch.zeros(lead + tuple(t.shape), dtype=t.dtype, device=t.device) if g is None else g for g, t in zip(got, inputs)]
+
+@patch
+def _k_ggn_autograd(self:Hessian, i, x, y, V, batched):
+    names = self.spec.names
+    def make():   # kept per batch: the outputs' graph, J^T w for a dummy w (J v is its gradient in w), the loss gradient on detached outputs
+        p, state = self._graph_leaves()
+        with torch.enable_grad():
+            outs, tree = tree_flatten(self.fl.outputs(state, x))
+            ws = [torch.zeros_like(o, requires_grad=True) for o in outs]
+            jt = torch.autograd.grad(outs, [p[n] for n in names], ws, create_graph=True, allow_unused=True)
+            lo = [o.detach().requires_grad_() for o in outs]
+            gl = torch.autograd.grad(check_scalar_loss(self.fl.loss_fn(tree_unflatten(lo, tree), y)), lo, create_graph=True)
+        return [p[n] for n in names], outs, ws, jt, lo, gl
+    leaves, outs, ws, jt, lo, gl = self._setup(('ggn_autograd', i), make)
+    live = [j for j, g in enumerate(jt) if g is not None and g.requires_grad]
+    if not live: return torch.zeros_like(V)
+    def one(vs, **kw):
+        ju = _grads([jt[j] for j in live], ws, [vs[names[j]] for j in live], **kw)   # J v, by differentiating J^T w in w
+        return self.spec.flatten(dict(zip(names, _grads(outs, leaves, _grads(gl, lo, ju, **kw), **kw))))
+    if batched: return one(self.spec.unflatten(V), is_grads_batched=True)
+    return torch.stack([one(self.spec.unflatten(v)) for v in V])
+
 @patch
 def _per_sample_grads(self:Hessian, x, y, n) -> Tensor:
     "Gradients `(n, P)` of each sample's loss (the loss function on a batch of one)"
@@ -164,17 +198,36 @@ def _per_sample_grads(self:Hessian, x, y, n) -> Tensor:
     return torch.cat([vmap(one)(sl(x, a), sl(y, a)) for a in range(0, n, size)])
 
 @patch
-def _k_empirical_fisher(self:Hessian, i, x, y, V, batched):
+def _per_sample_grads_autograd(self:Hessian, x, y, n) -> Tensor:
+    "The same per-sample gradients by `torch.autograd`, one sample at a time (for models `torch.func` cannot transform)"
+    p, state = self._graph_leaves()
+    leaves, rows = [p[k] for k in self.spec.names], []
+    for j in range(n):
+        with torch.enable_grad(): l = self.fl.batch_loss(state, tree_map(lambda t: t[j:j + 1], x), y[j:j + 1])
+        rows.append(self.spec.flatten(dict(zip(self.spec.names, _grads([l], leaves, [torch.ones_like(l)])))))
+    return torch.stack(rows)
+
+@patch
+def _ef_product(self:Hessian, name, per_sample, i, x, y, V):
+    "Empirical Fisher products `V G^T G / n` from the per-sample gradients `G` of batch `i` (kept under `name` when they fit the budget)"
     n = len(y)
     fits = self.cache and self.spec.dtype.itemsize * self.P * self.fl.batches.n_samples <= (self.budget or default_budget(self.device))
-    G = self._setup(('ef', i), lambda: self._per_sample_grads(x, y, n)) if fits else self._per_sample_grads(x, y, n)
+    G = self._setup((name, i), lambda: per_sample(x, y, n)) if fits else per_sample(x, y, n)
     return (V @ G.T) @ G / n
+
+@patch
+def _k_empirical_fisher(self:Hessian, i, x, y, V, batched): return self._ef_product('empirical_fisher', self._per_sample_grads, i, x, y, V)
+
+@patch
+def _k_empirical_fisher_autograd(self:Hessian, i, x, y, V, batched):
+    return self._ef_product('empirical_fisher_autograd', self._per_sample_grads_autograd, i, x, y, V)
 
 # %% ../nbs/03_hessian.ipynb #43d0f77f
 @patch
 def _candidates(self:Hessian):
     "Kernels for the first product, in order of preference (a later one only if the earlier ones fail, with `auto`)"
-    if self.curvature != 'hessian': return [self.curvature]
+    if self.curvature != 'hessian':   # torch.func, then torch.autograd
+        return {'auto': [self.curvature, f"{self.curvature}_autograd"], 'jvp': [self.curvature], 'double_backward': [f"{self.curvature}_autograd"]}[self.method]
     if self.method != 'auto': return [self.method]
     return ['double_backward', 'jvp'] if self.cache else ['jvp', 'double_backward']   # a graph rebuilt at every product never pays
 
@@ -207,11 +260,11 @@ def _first_product(self:Hessian, i, x, y, v):
     for name in names:
         try: out, t = self._timed(name, i, x, y, v, False)
         except _FUNC_ERRORS as e:
-            if self.method != 'auto' or self.curvature != 'hessian' or name == names[-1]: raise e from first_error
+            if self.method != 'auto' or name == names[-1]: raise e from first_error
             first_error = first_error or e
             continue
         if first_error is not None:
-            warnings.warn(f"{names[0]!r} Hessian-vector products failed on this model ({type(first_error).__name__}: {str(first_error)[:200]}); "
+            warnings.warn(f"{names[0]!r} curvature-vector products failed on this model ({type(first_error).__name__}: {str(first_error)[:200]}); "
                           f"using {name!r} products instead")
         self._use(name, {name: t})
         return out
@@ -249,7 +302,7 @@ def _chunk_size(self:Hessian, x) -> int:
 def _stacked(self:Hessian, i, x, y, V):
     "Products with a stack `V` (k, P), k >= 2: vmapped in chunks or looped, as chosen"
     fn = self._kernel_fn(self._kernel)
-    if self._kernel == 'empirical_fisher': return fn(i, x, y, V, True)
+    if self.curvature == 'empirical_fisher': return fn(i, x, y, V, True)
     if self.batched is None:   # decide once, by timing a vmapped chunk against the single-vector time
         c = min(len(V), self._chunk_size(x))
         try:

@@ -165,6 +165,9 @@ def bench_eig(model, X, Y, P, PyHessian, he, op):
     row('lossviz eigenvalues(k=3, tol=1e-4)', *[f"{x:.6g}" for x in lv_ev.values.tolist()], f"{rel(lv_ev.values.tolist()):.1e}",
         f"{t_lv_ev:.2f}", f"{lv_ev.n_matvecs}")
     row('PyHessian eigenvalues(top_n=3, tol=1e-4)', *[f"{x:.6g}" for x in ph_ev], f"{rel(ph_ev):.1e}", f"{t_ph_ev:.2f}", f"{ph_count[0]}")
+    blk, t_blk = timed(lambda: Hessian(model, F.cross_entropy, (X, Y), verbose=False).eigenvalues(k=3, tol=1e-4, block_size=2))
+    row('lossviz eigenvalues(..., block_size=2)', *[f"{x:.6g}" for x in blk.values.tolist()], f"{rel(blk.values.tolist()):.1e}",
+        f"{t_blk:.2f}", f"{blk.n_matvecs}")
     if he is not None:
         he_ev, t_he_ev = timed(lambda: he.lanczos(op, k=3, which='LA', seed=0))
         he_vals = sorted(he_ev.eigenvalues.tolist(), reverse=True)

@@ -361,30 +361,48 @@ def _order(theta:Tensor, which:str) -> Tensor:
     key = {'LA': -theta, 'SA': theta, 'LM': -theta.abs()}[which]
     return torch.argsort(key)
 
-def _orthogonalize(w:Tensor, V:Tensor) -> tuple[Tensor, Tensor]:
-    "Remove from `w` its components on the orthonormal rows of `V` (Gram-Schmidt twice); returns (w, coefficients)"
-    h = V @ w
-    w = w - h @ V
-    h2 = V @ w
-    return w - h2 @ V, h + h2
+def _orthogonalize(W:Tensor, V:Tensor) -> tuple[Tensor, Tensor]:
+    "Remove from the rows of `W` (b, P) their components on the orthonormal rows of `V` (Gram-Schmidt twice); returns (W, coefficients (m, b))"
+    h = V @ W.T
+    W = W - h.T @ V
+    h2 = V @ W.T
+    return W - h2.T @ V, h + h2
+
+def _block_qr(W:Tensor, V:Tensor, g:torch.Generator, tiny:float) -> tuple[Tensor, Tensor, int]:
+    "Orthonormal rows `Q` with `W = R^T Q` (`R` upper triangular) for rows `W` orthogonal to the orthonormal `V`; a row of `W` within `tiny` of the span of the earlier ones is replaced by a random direction orthogonal to all (its entry of `R` zero), or dropped when none is left. Returns (Q, R, rows replaced or dropped)"
+    b, P = W.shape
+    Q, R, deflated = W.new_zeros(0, P), W.new_zeros(b, b), 0
+    for j in range(b):
+        w, c = _orthogonalize(W[j:j + 1], Q)
+        R[:len(Q), j] = c[:, 0]
+        norm = float(w.norm())
+        if norm > tiny: R[len(Q), j] = norm; Q = torch.cat([Q, w / norm]); continue
+        deflated += 1
+        if len(V) + len(Q) >= P: continue   # the whole space is spanned: drop the row
+        r = _orthogonalize(_orthogonalize(torch.randn(1, P, generator=g, device=W.device, dtype=W.dtype), V)[0], Q)[0]
+        Q = torch.cat([Q, r / r.norm()])
+    return Q, R[:len(Q)], deflated
 
 @dataclass
 class _Lanczos:
-    "State of a thick-restarted Lanczos iteration with a dense projected matrix"
-    V: Tensor       # (ncv + 1, P) basis rows; the first `m` are in use
+    "State of a thick-restarted block Lanczos iteration with a dense projected matrix"
+    V: Tensor       # (ncv + block, P) basis rows; the first `m` are in use, the next `b` are the block to multiply
     T: Tensor       # (ncv, ncv) projected matrix V^T H V (float64)
+    b: int = 1
     m: int = 0
     n_matvecs: int = 0
 
-def _ritz(L:_Lanczos, beta:float, which:str, k:int, tol:float):
-    "Ritz values, vectors (coefficients), residuals and convergence of the `k` most wanted pairs"
+def _ritz(L:_Lanczos) -> tuple[Tensor, Tensor]:
+    "Ritz values and vectors (coefficients in the basis) of the projected matrix"
     T = L.T[:L.m, :L.m]
-    theta, S = torch.linalg.eigh((T + T.T) / 2)
+    return torch.linalg.eigh((T + T.T) / 2)
+
+def _converged(L:_Lanczos, theta:Tensor, S:Tensor, R:Tensor, b:int, which:str, k:int, tol:float):
+    "The `k` most wanted pairs, their residuals `||R s_last||` (the last block `b` rows of each coefficient vector) and convergence"
     idx = _order(theta, which)[:k]
-    res = beta * S[-1, idx].abs()
+    res = (R.double().cpu() @ S[L.m - b:L.m, idx]).norm(dim=0)
     floor = torch.finfo(L.V.dtype).eps ** (2 / 3) * theta.abs().max()
-    conv = res <= tol * torch.maximum(theta[idx].abs(), floor)
-    return theta, S, idx, res, conv
+    return idx, res, res <= tol * torch.maximum(theta[idx].abs(), floor)
 
 # %% ../nbs/03_hessian.ipynb #6807e06a
 def lanczos(matvec, # maps a stack (k, P) to the curvature times it
@@ -393,44 +411,48 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it
             which:str='LA', # "LA" largest, "SA" smallest, "LM" largest magnitude
             tol:float=1e-4, # relative Ritz residual `||Hx - λx|| <= tol |λ|` for convergence
             max_matvecs:int|None=None, # product budget (None: max(300, 30 k), at most P + a few restarts)
-            ncv:int|None=None, # basis size before a restart (None: max(2k + 1, 40), at most P)
-            seed:int|None=0, # seed of the start vector
-            verbose:bool=True):
-    "Top-`k` eigenpairs of a symmetric operator by thick-restarted Lanczos with full reorthogonalisation; returns (values, vectors, residuals, converged, n_matvecs)"
+            ncv:int|None=None, # basis size before a restart (None: max(2k + 2 block_size - 1, 40), at most P)
+            seed:int|None=0, # seed of the start vector(s)
+            verbose:bool=True,
+            block_size:int=1, # vectors multiplied per step (one stacked call): finds eigenvalues of multiplicity up to `block_size`
+           ):
+    "Top-`k` eigenpairs of a symmetric operator by thick-restarted (block) Lanczos with full reorthogonalisation; returns (values, vectors, residuals, converged, n_matvecs)"
     if which not in WHICH: raise ValueError(f"`which` must be one of {WHICH}, got {which!r}")
     if not isinstance(k, int) or k < 1: raise ValueError(f"`k` must be a positive integer, got {k!r}")
     if k > P: raise ValueError(f"`k`={k} exceeds the dimension P={P}")
     if tol <= 0: raise ValueError(f"`tol` must be positive, got {tol}")
     if max_matvecs is not None and max_matvecs < 1: raise ValueError(f"`max_matvecs` must be positive, got {max_matvecs}")
-    ncv = min(P, ncv or max(2 * k + 1, 40))
-    if ncv <= k and ncv < P: raise ValueError(f"`ncv`={ncv} must exceed `k`={k}")
+    if not isinstance(block_size, int) or not 1 <= block_size <= P: raise ValueError(f"`block_size` must be an integer from 1 to P={P}, got {block_size!r}")
+    b = block_size
+    ncv = min(P, ncv or max(2 * k + 2 * b - 1, 40))
+    if ncv < k + 2 * b - 1 and ncv < P: raise ValueError(f"`ncv`={ncv} must be at least `k` + 2 `block_size` - 1 = {k + 2 * b - 1}")
     max_matvecs = max_matvecs or max(300, 30 * k)
     g = make_generator(seed, device)
-    L = _Lanczos(torch.zeros(ncv + 1, P, dtype=dtype, device=device), torch.zeros(ncv, ncv, dtype=torch.float64))
-    L.V[0] = _unit(torch.randn(P, generator=g, device=device, dtype=dtype))
+    L = _Lanczos(torch.zeros(ncv + b, P, dtype=dtype, device=device), torch.zeros(ncv, ncv, dtype=torch.float64), b)
+    L.V[:b] = _block_qr(torch.randn(b, P, generator=g, device=device, dtype=dtype), L.V[:0], g, 0.0)[0]
     bar = progress(total=max_matvecs, desc='lanczos', verbose=verbose)
     try:
         while True:
-            w, h = _orthogonalize(matvec(L.V[L.m][None])[0], L.V[:L.m + 1])
-            L.T[L.m, :L.m + 1] = L.T[:L.m + 1, L.m] = h.double().cpu()
-            L.m, L.n_matvecs = L.m + 1, L.n_matvecs + 1
-            bar.update(1)
-            beta = float(w.norm())
-            theta, S, idx, res, conv = _ritz(L, beta, which, k, tol)
-            breakdown = beta <= 10 * torch.finfo(dtype).eps * max(float(theta.abs().max()), 1e-300)
-            if (L.m >= k and bool(conv.all())) or (breakdown and L.m >= k) or L.m == P or L.n_matvecs >= max_matvecs: break
-            if breakdown: w = _orthogonalize(torch.randn(P, generator=g, device=device, dtype=dtype), L.V[:L.m])[0]; beta = float(w.norm())
-            if L.m == ncv: _restart(L, theta, S, which, k)
-            L.V[L.m] = w / beta
+            m, bq = L.m, L.b
+            W, h = _orthogonalize(matvec(L.V[m:m + bq]), L.V[:m + bq])
+            L.T[:m + bq, m:m + bq] = h.double().cpu()
+            L.T[m:m + bq, :m + bq] = h.T.double().cpu()
+            L.m, L.n_matvecs = m + bq, L.n_matvecs + bq
+            bar.update(bq)
+            theta, S = _ritz(L)
+            Q, R, deflated = _block_qr(W, L.V[:L.m], g, 10 * torch.finfo(dtype).eps * max(float(theta.abs().max()), 1e-300))
+            idx, res, conv = _converged(L, theta, S, R, bq, which, k, tol)
+            breakdown = deflated == bq   # the Krylov space is invariant: everything found is exact
+            if (L.m >= k and bool(conv.all())) or (breakdown and L.m >= k) or L.m >= P or not len(Q) or L.n_matvecs >= max_matvecs: break
+            if L.m + len(Q) > ncv: _restart(L, theta, S, which, k, len(Q))
+            L.V[L.m:L.m + len(Q)], L.b = Q, len(Q)
     finally: bar.close()
     vecs = (S[:, idx].T.to(dtype=dtype, device=device) @ L.V[:L.m])
     return theta[idx].to(dtype), vecs / vecs.norm(dim=1, keepdim=True), res.to(dtype), conv, L.n_matvecs
 
-def _unit(v:Tensor) -> Tensor: return v / v.norm()
-
-def _restart(L:_Lanczos, theta:Tensor, S:Tensor, which:str, k:int):
-    "Thick restart: keep the most wanted Ritz vectors (and their values) as the new basis start"
-    keep = _order(theta, which)[:min(L.m - 1, k + (L.m - k) // 2)]
+def _restart(L:_Lanczos, theta:Tensor, S:Tensor, which:str, k:int, room:int):
+    "Thick restart: keep the most wanted Ritz vectors (and their values) as the new basis start, leaving `room` rows for the next block"
+    keep = _order(theta, which)[:min(L.m - room, k + (L.m - k) // 2)]
     L.V[:len(keep)] = S[:, keep].T.to(L.V) @ L.V[:L.m]
     L.T.zero_()
     L.T[range(len(keep)), range(len(keep))] = theta[keep]
@@ -508,13 +530,14 @@ def eigenvalues(self:Hessian, k:int=3, # number of eigenpairs
                 tol:float=1e-4, # relative Ritz residual for convergence
                 which:str='LA', # "LA" largest, "SA" smallest, "LM" largest magnitude
                 max_matvecs:int|None=None, # product budget (None: max(300, 30 k))
-                ncv:int|None=None, # basis size before a thick restart (None: max(2k + 1, 40))
-                seed:int|None=0, # seed of the start vector
+                ncv:int|None=None, # basis size before a thick restart (None: max(2k + 2 block_size - 1, 40))
+                seed:int|None=0, # seed of the start vector(s)
+                block_size:int=1, # vectors per Lanczos step: finds eigenvalues repeated up to `block_size` times
                ) -> EigenResult:
     "Top-`k` eigenpairs by Lanczos; warns if the budget ran out before every pair converged"
     with preserved(self.fl.model):
         vals, vecs, res, conv, n = lanczos(self._matvec, self.P, self.dtype, self.device, k=k, which=which, tol=tol,
-                                           max_matvecs=max_matvecs, ncv=ncv, seed=seed, verbose=self.verbose)
+                                           max_matvecs=max_matvecs, ncv=ncv, seed=seed, verbose=self.verbose, block_size=block_size)
     if not conv.all():
         warnings.warn(f"Lanczos: only {int(conv.sum())} of {k} eigenpairs converged to `tol`={tol:g} in {n} products "
                       f"(largest residual {float(res.max()):.3g}); raise `max_matvecs` or `ncv`, or loosen `tol`")

@@ -669,6 +669,9 @@ def _plot_plotly(ls, kind, v, xs, label, levels, cmin):
     if kind == 'volume':
         (gx, gy, gz), w = _volume_points(ls, v)
         fig.add_trace(go.Volume(x=gx, y=gy, z=gz, value=w, opacity=0.15, surface_count=min(levels, 15), colorbar=dict(title=label)))
+        if ls.trajectory is not None:
+            t = _np(ls.trajectory)
+            fig.add_trace(go.Scatter3d(x=t[:, 0], y=t[:, 1], z=t[:, 2], mode='lines+markers', name='trajectory', line=dict(color='black')))
         if cmin: fig.add_trace(go.Scatter3d(x=[cmin[0]], y=[cmin[1]], z=[cmin[2]], mode='markers', name='minimum', marker=dict(size=6, symbol='x', color='red')))
         return fig.update_layout(scene=_XYZ)
     if ls.ys is None:
@@ -694,6 +697,7 @@ def _plot_mpl(ls, kind, v, xs, label, levels, cmin):
         fig = plt.figure(); ax = fig.add_subplot(projection='3d')
         (gx, gy, gz), w = _volume_points(ls, v)
         fig.colorbar(ax.scatter(gx, gy, gz, c=w, cmap='viridis', alpha=0.25, s=8), ax=ax, label=label)
+        if ls.trajectory is not None: t = _np(ls.trajectory); ax.plot(t[:, 0], t[:, 1], t[:, 2], 'k.-', label='trajectory')
         if cmin: ax.scatter([cmin[0]], [cmin[1]], [cmin[2]], color='red', marker='x', s=60)
         ax.set(xlabel=_XYZ['xaxis_title'], ylabel=_XYZ['yaxis_title'], zlabel=_XYZ['zaxis_title'])
         return fig
@@ -842,13 +846,16 @@ def slice_3d(model:nn.Module, loss_fn, data,
              steps=(21, 21, 21), # points per axis, or one int for all three
              metrics=None, params=None, bn:str='eval', bn_batches:int|None=None, strategy:str='auto', budget:int|None=None,
              autocast:torch.dtype|None=None, checkpoint=None, verbose:bool=True,
+             trajectory:Sequence|None=None, # optional trajectory projected onto the three directions and stored for plotting
              shard:str|None=None, # under torch.distributed: 'points' or 'data' (see `evaluate_grid`)
              memory_format:str='auto', # layout of 4-D/5-D parameters: "auto" (measured), "contiguous" or "channels_last"
             ) -> Landscape:
     "Metrics at `theta + a*d1 + b*d2 + c*d3` on a 3D grid; `values[m][i, j, k]` is at `(xs[i], ys[j], zs[k])`"
     spans, steps = _grid_args(directions, span, steps, 3)
-    return slice_nd(model, loss_fn, data, directions, spans, steps, metrics, params, bn, bn_batches, strategy, budget, autocast, checkpoint, verbose, 'slice_3d', shard,
-                    memory_format)
+    ls = slice_nd(model, loss_fn, data, directions, spans, steps, metrics, params, bn, bn_batches, strategy, budget, autocast, checkpoint, verbose, 'slice_3d', shard,
+                  memory_format)
+    if trajectory is not None: ls.trajectory = project_trajectory(trajectory, model, directions, params).cpu()
+    return ls
 
 def _grid_args(directions, span, steps, n:int) -> tuple[list, tuple]:
     "Validate `n` directions, a flat `span` of `2n` bounds and `steps` (an int or `n` of them); returns (spans per axis, steps per axis)"

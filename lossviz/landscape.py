@@ -549,7 +549,7 @@ class GridEvaluator:
                 idx = torch.arange(start, start + n)
                 v, t = self._timed(strategy, origin, D, C[idx])
                 store(idx, v); start += n
-                # on a CPU vmap gets no cheaper per point in larger chunks: a warm-up twice as slow as the best loop cannot win
+                # on a CPU vmap gets little or no cheaper per point in larger chunks: a warm-up twice as slow as the best loop cannot win
                 if strategy == 'vmap' and self.device.type == 'cpu' and best is not None and t > 2 * self.timings[best]: break
             self.timings[cand] = t
             # a later candidate must be clearly faster (5%; vmap, which holds a chunk of activations in memory, 10%), so that

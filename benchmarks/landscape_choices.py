@@ -8,6 +8,9 @@ Run:  python benchmarks/landscape_choices.py [--points 300] [--repeats 3]
    interleaved, so drifts of the machine's speed affect every variant alike; each cell shows min-max over the repeats.
 2. vmap's cost per point by chunk size (2, 8, 32 points): on a CPU it falls little or not at all as chunks grow, which is why
    the probe skips vmap's timed window when its 2-point warm-up is already twice as slow as the best loop.
+3. The MLP's loop against its floor: what every point must pay with the first-layer shortcut (the combine of the cached
+   first-layer outputs, the rest of the network, the user's F.cross_entropy), in a bare Python loop, and lossviz's loop on
+   the same points (its setup and probe excluded).
 Milliseconds per point, process CPU time, one thread.
 """
 import argparse, time
@@ -63,6 +66,34 @@ def vmap_chunks(name, model, x, y, repeats):
     print(f"{name:<10} " + "".join(f"{min(v):9.2f}-{max(v):<9.2f}" for v in t.values()))
 
 
+def floor(repeats, points=400):
+    "The bare per-point work of the MLP with the shortcut, against lossviz's loop on the same points"
+    x, y = digits(512, 'cpu', torch.float32)
+    x = x.flatten(1)
+    m, theta, D, C = setup(models()['mlp'], x, y, points)
+    rest, first = m[2:], m[1]
+    d1, d2 = (param_spec(m).unflatten(d) for d in D)
+    with torch.inference_mode():
+        a0, a1, a2 = first(x), F.linear(x, d1['1.weight'], d1['1.bias']), F.linear(x, d2['1.weight'], d2['1.bias'])
+    def bare():
+        with torch.inference_mode():
+            for a, b in C.tolist():
+                h = torch.add(a0, a1, alpha=a); h.add_(a2, alpha=b)
+                F.cross_entropy(rest(h), y)
+    ev = GridEvaluator(m, F.cross_entropy, (x, y), strategy='loop', memory_format='contiguous', first_layer=True)
+    with ev._mode(): ev._cache = ev._first_layer_cache(theta, D)
+    def ours():   # the loop itself, as `evaluate` runs it after the probe (setup and probe excluded)
+        with ev._mode():
+            ev._configure('contiguous', True)
+            ev._loop(theta, D, C)
+    t = {}
+    for _ in range(repeats):
+        for name, fn in (('bare floor', bare), ('lossviz loop', ours)):
+            t0 = time.process_time(); fn(); t.setdefault(name, []).append((time.process_time() - t0) / points * 1e3)
+    for name, v in t.items(): print(f"{name:<14} {min(v):.3f}-{max(v):.3f}")
+    print(f"lossviz loop / floor: {min(t['lossviz loop']) / min(t['bare floor']):.2f}x (best of each)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--points', type=int, default=300, help='grid points per evaluation')
@@ -81,6 +112,8 @@ def main():
     print(f"{'model':<10} " + "".join(f"{f'{n} points':<19}" for n in (2, 8, 32)))
     vmap_chunks('cnn', models()['cnn'], x, y, args.repeats)
     vmap_chunks('mlp', models()['mlp'], x.flatten(1), y, args.repeats)
+    print("\n3. MLP loop against its floor, ms/point (min-max over the repeats; 400 points)")
+    floor(args.repeats)
 
 
 if __name__ == '__main__':

@@ -126,6 +126,14 @@ def _k_linearize(self:Hessian, i, x, y, V, batched):
             return linearize(self._grad_fn(x, y), self.fl.params)[1]
     return self._map(self._setup(('linearize', i), make), V, batched)
 
+def _grads(outputs, inputs, grad_outputs, retain_graph:bool=True, **kw) -> list[Tensor]:
+    "`torch.autograd.grad` (keeping the graph by default), with zeros (batched like `grad_outputs`) for inputs that are not reached"
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    got = (torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], retain_graph=retain_graph, allow_unused=True, **kw)
+           if pairs else [None] * len(inputs))
+    lead = tuple(grad_outputs[0].shape[:1]) if kw.get('is_grads_batched') else ()
+    return [torch.zeros(lead + tuple(t.shape), dtype=t.dtype, device=t.device) if g is None else g for g, t in zip(got, inputs)]
+
 @patch
 def _graph_leaves(self:Hessian) -> tuple[dict, dict]:
     "Leaf copies of the chosen parameters (requiring grad) and the whole state around them, for a kept autograd graph (own copies: it must not see in-place writes)"
@@ -143,9 +151,7 @@ def _k_double_backward(self:Hessian, i, x, y, V, batched):
         return [p[n] for n in names], [gs[j] for j in live], live
     leaves, gs, live = self._setup(('double_backward', i), make)
     if not live: return torch.zeros_like(V)
-    def back(vs, keep, **kw):
-        hv = torch.autograd.grad(gs, leaves, [vs[names[j]] for j in live], retain_graph=keep, allow_unused=True, **kw)
-        return self.spec.flatten({n: torch.zeros_like(vs[n]) if h is None else h for n, h in zip(names, hv)})
+    def back(vs, keep, **kw): return self.spec.flatten(dict(zip(names, _grads(gs, leaves, [vs[names[j]] for j in live], retain_graph=keep, **kw))))
     if batched: return back(self.spec.unflatten(V), self.cache, is_grads_batched=True)
     return torch.stack([back(self.spec.unflatten(v), self.cache or r < len(V) - 1) for r, v in enumerate(V)])
 
@@ -157,14 +163,6 @@ def _k_ggn(self:Hessian, i, x, y, V, batched):
     loss_hvp = vjp(grad(lambda o: check_scalar_loss(self.fl.loss_fn(o, y))), out)[1]   # reverse-over-reverse: outputs are small
     def one(u): return pullback(loss_hvp(jvp(f, (p,), (u,))[1])[0])[0]
     return self._map(one, V, batched)
-
-def _grads(outputs, inputs, grad_outputs, **kw) -> list[Tensor]:
-    "`torch.autograd.grad` keeping the graph, with zeros (batched like `grad_outputs`) for inputs that are not reached"
-    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
-    got = (torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], retain_graph=True, allow_unused=True, **kw)
-           if pairs else [None] * len(inputs))
-    lead = tuple(grad_outputs[0].shape[:1]) if kw.get('is_grads_batched') else ()
-    return [torch.zeros(lead + tuple(t.shape), dtype=t.dtype, device=t.device) if g is None else g for g, t in zip(got, inputs)]
 
 @patch
 def _k_ggn_autograd(self:Hessian, i, x, y, V, batched):
@@ -575,7 +573,7 @@ def hutchpp(matvec, P:int, dtype, device, # operator on stacks (k, P), its size,
             block:int=8, # probes per stacked product
             seed:int|None=0, verbose:bool=True) -> TraceResult:
     "Trace of a symmetric operator by Hutch++ (or plain Hutchinson) with Rademacher probes, stopping at a relative standard error"
-    if method not in ('hutch++', 'hutchinson'): raise ValueError(f"`method` must be 'hutch++', 'hutchinson' or 'xtrace', got {method!r}")
+    if method not in ('hutch++', 'hutchinson'): raise ValueError(f"`method` must be 'hutch++' or 'hutchinson', got {method!r}")
     if block < 2: raise ValueError(f"`block` must be at least 2, got {block}")
     if max_matvecs < 2: raise ValueError(f"`max_matvecs` must be at least 2, got {max_matvecs}")
     g = make_generator(seed, device)
@@ -649,6 +647,7 @@ def trace(self:Hessian, tol:float|None=1e-2, # target relative standard error (N
           block:int=8, # probes per stacked product
           seed:int|None=0) -> TraceResult:
     "Trace of the curvature by Hutch++ (default), Hutchinson or XTrace, to a relative standard error `tol`"
+    if method not in ('hutch++', 'hutchinson', 'xtrace'): raise ValueError(f"`method` must be 'hutch++', 'hutchinson' or 'xtrace', got {method!r}")
     with preserved(self.fl.model):
         if method == 'xtrace': return xtrace(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, block, seed, self.verbose)
         return hutchpp(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, method, sketch, block, seed, self.verbose)

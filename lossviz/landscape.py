@@ -769,9 +769,9 @@ def evaluate_grid(ev:GridEvaluator, # the evaluator (model, data, metrics, strat
     rank, world = dist_info()
     if shard == 'data' and checkpoint is not None: raise ValueError("`checkpoint` needs whole-data values at each point: use shard='points' (or None) to save partial grids")
     if shard == 'points' and checkpoint is not None and world > 1: checkpoint = f"{os.fspath(checkpoint)}.rank{rank}-of-{world}.npz"
-    shape = tuple(len(a) for a in (xs, ys, zs) if a is not None)
-    ls = Landscape(xs, ys, {k: torch.full(shape, float('nan'), dtype=torch.float64) for k in ev.metrics},
-                   D.detach().cpu(), origin.detach().cpu(), ev.spec.names, ev.spec.shapes, torch.zeros(shape, dtype=torch.bool), None, meta, zs)
+    ls = Landscape(xs, ys, {}, D.detach().cpu(), origin.detach().cpu(), ev.spec.names, ev.spec.shapes, None, None, meta, zs)
+    shape = ls.shape
+    ls.values, ls.done = {k: torch.full(shape, float('nan'), dtype=torch.float64) for k in ev.metrics}, torch.zeros(shape, dtype=torch.bool)
     if checkpoint is not None and Path(checkpoint).exists(): _resume(ls, checkpoint)
     mine = torch.zeros(ls.done.numel(), dtype=torch.bool)
     mine[list(shard_range(ls.done.numel(), rank, world)) if shard == 'points' else slice(None)] = True
@@ -836,11 +836,8 @@ def slice_2d(model:nn.Module, loss_fn, data,
              memory_format:str='auto', # layout of 4-D/5-D parameters: "auto" (measured), "contiguous" or "channels_last"
             ) -> Landscape:
     "Metrics at `theta + a*d1 + b*d2` on a grid; `values[m][i, j]` is at `(xs[i], ys[j])`"
-    spans, steps = _grid_args(directions, span, steps, 2)
-    ls = slice_nd(model, loss_fn, data, directions, spans, steps, metrics, params, bn, bn_batches, strategy, budget, autocast, checkpoint, verbose, 'slice_2d', shard,
-                  memory_format)
-    if trajectory is not None: ls.trajectory = project_trajectory(trajectory, model, directions, params).cpu()
-    return ls
+    return slice_nd(model, loss_fn, data, directions, *_grid_args(directions, span, steps, 2), metrics, params, bn, bn_batches, strategy, budget, autocast,
+                    checkpoint, verbose, 'slice_2d', shard, memory_format, trajectory)
 
 def slice_3d(model:nn.Module, loss_fn, data,
              directions:Sequence, # three direction dicts or flat vectors `(d1, d2, d3)`
@@ -853,11 +850,8 @@ def slice_3d(model:nn.Module, loss_fn, data,
              memory_format:str='auto', # layout of 4-D/5-D parameters: "auto" (measured), "contiguous" or "channels_last"
             ) -> Landscape:
     "Metrics at `theta + a*d1 + b*d2 + c*d3` on a 3D grid; `values[m][i, j, k]` is at `(xs[i], ys[j], zs[k])`"
-    spans, steps = _grid_args(directions, span, steps, 3)
-    ls = slice_nd(model, loss_fn, data, directions, spans, steps, metrics, params, bn, bn_batches, strategy, budget, autocast, checkpoint, verbose, 'slice_3d', shard,
-                  memory_format)
-    if trajectory is not None: ls.trajectory = project_trajectory(trajectory, model, directions, params).cpu()
-    return ls
+    return slice_nd(model, loss_fn, data, directions, *_grid_args(directions, span, steps, 3), metrics, params, bn, bn_batches, strategy, budget, autocast,
+                    checkpoint, verbose, 'slice_3d', shard, memory_format, trajectory)
 
 def _grid_args(directions, span, steps, n:int) -> tuple[list, tuple]:
     "Validate `n` directions, a flat `span` of `2n` bounds and `steps` (an int or `n` of them); returns (spans per axis, steps per axis)"
@@ -869,7 +863,7 @@ def _grid_args(directions, span, steps, n:int) -> tuple[list, tuple]:
     return [span[2 * i:2 * i + 2] for i in range(n)], steps
 
 def slice_nd(model, loss_fn, data, directions, spans, steps, metrics=None, params=None, bn='eval', bn_batches=None, strategy='auto',
-             budget=None, autocast=None, checkpoint=None, verbose=True, kind='slice', shard=None, memory_format='auto'):
+             budget=None, autocast=None, checkpoint=None, verbose=True, kind='slice', shard=None, memory_format='auto', trajectory=None):
     "Metrics on the product grid `theta + sum_k c_k d_k` for one to three directions (the engine behind `slice_1d`, `slice_2d` and `slice_3d`)"
     if not 1 <= len(directions) <= 3: raise ValueError(f"`directions`: one to three are supported, got {len(directions)}")
     axes = [_axis(s, n, 'span') for s, n in zip(spans, steps)]
@@ -877,8 +871,10 @@ def slice_nd(model, loss_fn, data, directions, spans, steps, metrics=None, param
     D = torch.stack([as_direction(d, ev.spec, f'directions[{i}]' if len(directions) > 1 else 'direction') for i, d in enumerate(directions)])
     C = torch.cartesian_prod(*axes).reshape(-1, len(axes))
     xs, ys, zs = axes + [None] * (3 - len(axes))
-    return evaluate_grid(ev, ev.spec.flatten({n: p.detach() for n, p in select_params(model, params).items()}), D, C, xs, ys,
-                         dict(kind=kind, bn=bn, spans=[list(map(float, s)) for s in spans]), checkpoint, verbose=verbose, shard=shard, zs=zs)
+    ls = evaluate_grid(ev, ev.spec.flatten({n: p.detach() for n, p in select_params(model, params).items()}), D, C, xs, ys,
+                       dict(kind=kind, bn=bn, spans=[list(map(float, s)) for s in spans]), checkpoint, verbose=verbose, shard=shard, zs=zs)
+    if trajectory is not None: ls.trajectory = project_trajectory(trajectory, model, directions, params).cpu()
+    return ls
 
 # %% ../nbs/04_landscape.ipynb #fb3ff100
 @patch

@@ -29,22 +29,47 @@ def _as_tensor(x, name):
     if isinstance(x, (np.ndarray, list, tuple)): return torch.as_tensor(np.asarray(x))
     raise TypeError(f"`{name}` must be a tensor or an array, got {type(x).__name__}")
 
-def _check_inputs(probs, labels, logits:bool, name:str="probs"):
-    "Validate shapes, dtypes and label range; returns `(probs, labels, K)` with `(N,)` inputs kept 1-D"
+def _one_hot(probs, labels) -> bool:
+    "Whether `labels` of the shape of the probabilities `probs` are one-hot rows (0/1, one 1 each) and the rows of `probs` sum to 1"
+    rows = labels.reshape(-1, labels.shape[-1])
+    return bool(((rows == 0) | (rows == 1)).all() and (rows.sum(-1) == 1).all() and
+                ((probs.sum(-1) - 1).abs().max() <= max(1e-5, 4 * probs.shape[-1] * torch.finfo(probs.dtype).eps)))
+
+def _flat(probs, labels, name, logits=False):
+    "`(..., K)` with labels `(...)` as `(N, K)` and `(N,)`, or positive-class input of the labels' shape as `(N,)` and `(N,)`"
+    ps, ls = tuple(probs.shape), tuple(labels.shape)
+    if probs.dim() == 0: raise ValueError(f"`{name}` must have shape (..., K) or the shape of `labels`, got a 0-d tensor")
+    if probs.dim() == labels.dim() + 1 and ps[:-1] == ls:
+        if ps[-1] < 2: raise ValueError(f"`{name}` of shape (..., K) needs K >= 2 classes (give it the labels' shape for one positive-class column), got K={ps[-1]}")
+        return probs.reshape(-1, ps[-1]), labels.reshape(-1)
+    if ps == ls:
+        if probs.dim() > 1 and not logits and _one_hot(probs, labels):
+            raise ValueError(f"`labels` of shape {ls} look one-hot (one 1 per row, rows of `{name}` summing to 1): pass class indices, `labels.argmax(-1)`")
+        return probs.reshape(-1), labels.reshape(-1)
+    what = "length mismatch" if probs.dim() in (labels.dim(), labels.dim() + 1) else "shape mismatch"
+    classes = f"{ps[:-1]} (the last dim of `{name}` holds the classes) or " if probs.dim() > 1 else ""
+    raise ValueError(f"{what}: `{name}` has shape {ps} but `labels` has shape {ls}; `labels` must have shape {classes}{ps} (positive-class probabilities)")
+
+def _check_inputs(probs, labels, logits:bool, name:str="probs", ignore_index:int|None=-100):
+    "Validate, flatten the leading dims and drop `ignore_index` labels; returns `(probs, labels, K)`, probs `(N, K)` or positive-class `(N,)`"
     probs, labels = _as_tensor(probs, name), _as_tensor(labels, 'labels')
     if not isinstance(logits, bool): raise TypeError(f"`logits` must be True or False, got {logits!r}")
     if not probs.is_floating_point(): raise TypeError(f"`{name}` must be a floating-point tensor, got {probs.dtype}")
-    if probs.dim() not in (1, 2): raise ValueError(f"`{name}` must have shape (N,) or (N, K), got {tuple(probs.shape)}")
-    if probs.dim() == 2 and probs.shape[1] < 2: raise ValueError(f"`{name}` of shape (N, K) needs K >= 2 classes (use shape (N,) for one positive-class column), got K={probs.shape[1]}")
-    if labels.dim() != 1: raise ValueError(f"`labels` must have shape (N,), got {tuple(labels.shape)}")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"`labels` must be an integer tensor of class indices, got {labels.dtype}")
-    if probs.shape[0] != labels.shape[0]: raise ValueError(f"length mismatch: `{name}` has {probs.shape[0]} rows but `labels` has {labels.shape[0]}")
-    if probs.shape[0] == 0: raise ValueError(f"`{name}` and `labels` are empty")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"`ignore_index` must be an int or None, got {ignore_index!r}")
+    probs, labels = _flat(probs, labels, name, logits)
+    if labels.shape[0] == 0: raise ValueError(f"`{name}` and `labels` are empty")
+    labels = labels.to(probs.device)
+    if ignore_index is not None:
+        keep = labels != ignore_index
+        if not keep.any(): raise ValueError(f"every label equals `ignore_index`={ignore_index}: no position is left to evaluate")
+        if not keep.all(): probs, labels = probs[keep], labels[keep]
     K = 2 if probs.dim() == 1 else probs.shape[1]
     lo, hi = torch.aminmax(labels)
-    if lo < 0 or hi >= K: raise ValueError(f"`labels` must lie in [0, {K - 1}] for {K} classes, got values in [{int(lo)}, {int(hi)}]")
-    return probs, labels.to(probs.device), K
+    if lo < 0 or hi >= K: raise ValueError(f"`labels` must lie in [0, {K - 1}] for {K} classes{'' if ignore_index is None else f' (or equal `ignore_index`={ignore_index})'}, got values in [{int(lo)}, {int(hi)}]")
+    return probs, labels, K
 
 def _check_values(x, logits:bool):
     "Raise unless the chunk `x` holds finite logits, or probabilities in [0, 1] whose rows sum to 1"
@@ -287,9 +312,9 @@ def _boot_sums(ids, conf, hit, B, n_boot, seed, bootstrap, verbose):
     return _boot_cells(ids, conf, hit, B, n_boot, seed), "cells"
 
 # %% ../nbs/05_calibration.ipynb #0ecb073a
-def _binned(probs, labels, *, n_bins, binning, mode, logits, fn, ci, n_boot, seed, bootstrap, verbose):
+def _binned(probs, labels, *, n_bins, binning, mode, logits, fn, ci, n_boot, seed, bootstrap, verbose, ignore_index):
     "Evaluate `fn(count, sum_conf, sum_hit)` on the binned inputs, with a bootstrap interval when `ci` is given"
-    probs, labels, K = _check_inputs(probs, labels, logits)
+    probs, labels, K = _check_inputs(probs, labels, logits, ignore_index=ignore_index)
     _check_mode(mode, K)
     if ci is not None: _check_ci(ci, n_boot)
     C = K if mode == "classwise" else 1
@@ -309,34 +334,39 @@ def _binned(probs, labels, *, n_bins, binning, mode, logits, fn, ci, n_boot, see
     return _estimate(value, fn(*boots), ci, method)
 
 # %% ../nbs/05_calibration.ipynb #8a0bf373
-def ece(probs, # `(N,)` positive-class or `(N, K)` probabilities (or logits, with `logits=True`)
-        labels, # `(N,)` integer class labels
+def ece(probs, # `(..., K)` probabilities, or positive-class ones of the labels' shape (or logits, with `logits=True`)
+        labels, # `(...)` integer class labels
         n_bins:int=15, # number of bins
         binning="uniform", # 'uniform' (equal width), 'quantile' (equal mass), or a tensor of edges
         norm:str="l1", # 'l1' (ECE), 'l2' (RMS calibration error), 'max' (MCE)
         mode:str="top-label", # 'top-label', 'binary' (positive class) or 'classwise'
         debias:bool=False, # debiased estimator of the squared error (`norm='l2'` only)
-        logits:bool=False, # True: `probs` holds logits (softmax, or sigmoid for `(N,)`)
+        logits:bool=False, # True: `probs` holds logits (softmax, or sigmoid for positive-class input)
         ci:float|None=None, # confidence level of a bootstrap interval, e.g. 0.95; None: no interval
         n_boot:int=1000, # bootstrap resamples
         seed:int|None=0, # seed of the bootstrap
         bootstrap:str="auto", # 'auto', 'exact' or 'cells' (see above)
         verbose:bool=False, # progress bar for the exact bootstrap
+        ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
        ) -> Tensor|Estimate:
     "Expected calibration error (l1), RMS calibration error (l2) or maximum calibration error (max)"
     _check_norm(norm, debias)
     fn = lambda *s: _combine(_ce_cols(*s, norm=norm, debias=debias), norm)
     return _binned(probs, labels, n_bins=n_bins, binning=binning, mode=mode, logits=logits, fn=fn,
-                   ci=ci, n_boot=n_boot, seed=seed, bootstrap=bootstrap, verbose=verbose)
+                   ci=ci, n_boot=n_boot, seed=seed, bootstrap=bootstrap, verbose=verbose, ignore_index=ignore_index)
 
 def classwise_ece(probs, labels, n_bins:int=15, binning="uniform", norm:str="l1", debias:bool=False, logits:bool=False,
-                  ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False) -> Tensor|Estimate:
+                  ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False,
+                  ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+                 ) -> Tensor|Estimate:
     "Classwise (marginal) calibration error: every class one-vs-rest, combined over classes; with uniform bins and l1 this is the SCE"
-    return ece(probs, labels, n_bins, binning, norm, "classwise", debias, logits, ci, n_boot, seed, "exact", verbose)
+    return ece(probs, labels, n_bins, binning, norm, "classwise", debias, logits, ci, n_boot, seed, "exact", verbose, ignore_index)
 
-def sce(probs, labels, n_bins:int=15, logits:bool=False, ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False):
+def sce(probs, labels, n_bins:int=15, logits:bool=False, ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False,
+        ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+       ) -> Tensor|Estimate:
     "Static calibration error (Nixon et al. 2019): classwise l1 ECE with equal-width bins"
-    return classwise_ece(probs, labels, n_bins, "uniform", "l1", False, logits, ci, n_boot, seed, verbose)
+    return classwise_ece(probs, labels, n_bins, "uniform", "l1", False, logits, ci, n_boot, seed, verbose, ignore_index)
 
 # %% ../nbs/05_calibration.ipynb #bf1ec1d8
 def _rank_ids(conf, n_bins):
@@ -351,9 +381,11 @@ def _ace_cols(count, sconf, shit):
     return (gap.abs() * (count > 0)).sum(-1) / (count > 0).sum(-1)
 
 def ace(probs, labels, n_bins:int=15, logits:bool=False, ci:float|None=None, n_boot:int=1000, seed:int|None=0,
-        verbose:bool=False) -> Tensor|Estimate:
+        verbose:bool=False,
+        ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+       ) -> Tensor|Estimate:
     "Adaptive calibration error (Nixon et al. 2019): classwise, equal-count ranges, unweighted mean over ranges and classes"
-    probs, labels, K = _check_inputs(probs, labels, logits)
+    probs, labels, K = _check_inputs(probs, labels, logits, ignore_index=ignore_index)
     _check_bins(n_bins)
     if ci is not None: _check_ci(ci, n_boot)
     conf, hit = _all_columns(probs, labels, logits, "classwise")
@@ -365,11 +397,13 @@ def ace(probs, labels, n_bins:int=15, logits:bool=False, ci:float|None=None, n_b
     return _estimate(value, fn(*boots), ci, method)
 
 def over_under(probs, labels, n_bins:int=15, binning="uniform", mode:str="top-label", logits:bool=False,
-               ci:float|None=None, n_boot:int=1000, seed:int|None=0, bootstrap:str="auto", verbose:bool=False):
+               ci:float|None=None, n_boot:int=1000, seed:int|None=0, bootstrap:str="auto", verbose:bool=False,
+               ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+              ):
     "Over- and underconfidence parts `(2,)` of the l1 ECE: bins where confidence exceeds accuracy, and the rest"
     if mode == "classwise": raise ValueError("`mode`: over/under split is defined for 'top-label' and 'binary'")
     return _binned(probs, labels, n_bins=n_bins, binning=binning, mode=mode, logits=logits, fn=_over_under,
-                   ci=ci, n_boot=n_boot, seed=seed, bootstrap=bootstrap, verbose=verbose)
+                   ci=ci, n_boot=n_boot, seed=seed, bootstrap=bootstrap, verbose=verbose, ignore_index=ignore_index)
 
 # %% ../nbs/05_calibration.ipynb #d2df8cea
 def _per_sample(x, y, logits, kind):
@@ -383,8 +417,8 @@ def _per_sample(x, y, logits, kind):
     if logits: return F.cross_entropy(x, y, reduction="none")
     return -torch.log(x.gather(1, y[:, None])[:, 0])
 
-def _mean_metric(probs, labels, logits, kind, ci, n_boot, seed, verbose):
-    probs, labels, K = _check_inputs(probs, labels, logits)
+def _mean_metric(probs, labels, logits, kind, ci, n_boot, seed, verbose, ignore_index):
+    probs, labels, K = _check_inputs(probs, labels, logits, ignore_index=ignore_index)
     if ci is not None: _check_ci(ci, n_boot)
     rows = max(1, _CHUNK // K)
     v = torch.cat([_per_sample(probs[a:a + rows], labels[a:a + rows], logits, kind) for a in range(0, len(labels), rows)])
@@ -393,13 +427,17 @@ def _mean_metric(probs, labels, logits, kind, ci, n_boot, seed, verbose):
     boots = torch.cat([v.double()[idx].mean(1) for idx in _resample_chunks(len(v), n_boot, 16, seed, v.device, verbose, kind)])
     return _estimate(value, boots, ci, "exact")
 
-def brier(probs, labels, logits:bool=False, ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False) -> Tensor|Estimate:
+def brier(probs, labels, logits:bool=False, ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False,
+          ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+         ) -> Tensor|Estimate:
     "Brier score: mean squared distance between the predicted distribution and the one-hot label"
-    return _mean_metric(probs, labels, logits, "brier", ci, n_boot, seed, verbose)
+    return _mean_metric(probs, labels, logits, "brier", ci, n_boot, seed, verbose, ignore_index)
 
-def nll(probs, labels, logits:bool=False, ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False) -> Tensor|Estimate:
+def nll(probs, labels, logits:bool=False, ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False,
+        ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+       ) -> Tensor|Estimate:
     "Negative log-likelihood of the labels (mean cross-entropy); pass `logits=True` for logits"
-    return _mean_metric(probs, labels, logits, "nll", ci, n_boot, seed, verbose)
+    return _mean_metric(probs, labels, logits, "nll", ci, n_boot, seed, verbose, ignore_index)
 
 # %% ../nbs/05_calibration.ipynb #e6f75fdc
 class CalibrationMeter:
@@ -419,9 +457,11 @@ class CalibrationMeter:
         self._sums, self._K, self._dtype = None, None, None
         return self
 
-    def update(self, probs, labels):
-        "Add one batch"
-        probs, labels, K = _check_inputs(probs, labels, self.logits)
+    def update(self, probs, labels,
+               ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+              ):
+        "Add one batch: `(..., K)` (or positive-class) probabilities or logits and `(...)` labels"
+        probs, labels, K = _check_inputs(probs, labels, self.logits, ignore_index=ignore_index)
         _check_mode(self.mode, K)
         if self._K is not None and K != self._K: raise ValueError(f"`probs`: this batch has {K} classes, earlier batches had {self._K}")
         C = K if self.mode == "classwise" else 1
@@ -514,9 +554,11 @@ class SmoothCalibration:
     def __repr__(self): return f"SmoothCalibration(smECE={self.value!r}, sigma={self.sigma:.4g})"
 
 def smooth_calibration(probs, labels, mode:str="top-label", logits:bool=False, sigma:float|None=None, grid:int=2001,
-                       ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False) -> SmoothCalibration:
+                       ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False,
+                       ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+                      ) -> SmoothCalibration:
     "Smooth ECE (Błasiok & Nakkiran 2023) with automatic bandwidth, and the smoothed reliability curve"
-    probs, labels, K = _check_inputs(probs, labels, logits)
+    probs, labels, K = _check_inputs(probs, labels, logits, ignore_index=ignore_index)
     _check_mode(mode, K, ("top-label", "binary"))
     if ci is not None: _check_ci(ci, n_boot)
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 11: raise ValueError(f"`grid` must be an int >= 11, got {grid!r}")
@@ -542,9 +584,11 @@ def smooth_calibration(probs, labels, mode:str="top-label", logits:bool=False, s
     return res
 
 def smooth_ece(probs, labels, mode:str="top-label", logits:bool=False, sigma:float|None=None, grid:int=2001,
-               ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False) -> Tensor|Estimate:
+               ci:float|None=None, n_boot:int=1000, seed:int|None=0, verbose:bool=False,
+               ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+              ) -> Tensor|Estimate:
     "Smooth ECE (Błasiok & Nakkiran 2023) with the bandwidth chosen as the fixed point sigma = smECE(sigma)"
-    return smooth_calibration(probs, labels, mode, logits, sigma, grid, ci, n_boot, seed, verbose).value
+    return smooth_calibration(probs, labels, mode, logits, sigma, grid, ci, n_boot, seed, verbose, ignore_index).value
 
 # %% ../nbs/05_calibration.ipynb #a52b055f
 @dataclass
@@ -571,16 +615,18 @@ class Reliability:
 
 def reliability(probs, labels, n_bins:int=15, binning="uniform", mode:str="top-label", logits:bool=False,
                 ci:float|None=None, n_boot:int=1000, seed:int|None=0, smooth:bool=False, name:str="model",
-                verbose:bool=False) -> Reliability:
+                verbose:bool=False,
+                ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+               ) -> Reliability:
     "Per-bin accuracy/confidence/counts, ECE (with `ci`), over/under split and optionally the smooth curve"
-    probs, labels, K = _check_inputs(probs, labels, logits)
+    probs, labels, K = _check_inputs(probs, labels, logits, ignore_index=ignore_index)   # flat and kept: `ignore_index=None` below
     _check_mode(mode, K, ("top-label", "binary"))
     conf, hit = _all_columns(probs, labels, logits, mode)
     edges = _edges_for(binning, n_bins, conf, 1)
     count, sconf, shit = _Sums(1, edges.shape[1] - 1, conf.device).add(_bin_ids(conf, edges), conf, hit).floats()
-    kw = dict(n_bins=n_bins, binning=binning, mode=mode, logits=logits)
+    kw = dict(n_bins=n_bins, binning=binning, mode=mode, logits=logits, ignore_index=None)
     over, under = _over_under(count, sconf, shit).to(probs.dtype)
-    sm = smooth_calibration(probs, labels, mode, logits, ci=ci, n_boot=n_boot, seed=seed) if smooth else None
+    sm = smooth_calibration(probs, labels, mode, logits, ci=ci, n_boot=n_boot, seed=seed, ignore_index=None) if smooth else None
     return Reliability(edges[0], count[0], shit[0] / count[0], sconf[0] / count[0],
                        ece(probs, labels, **kw, ci=ci, n_boot=n_boot, seed=seed, verbose=verbose), over, under, name, sm)
 
@@ -658,11 +704,12 @@ def _plot_mpl(rels, smooth):
     return fig
 
 # %% ../nbs/05_calibration.ipynb #8cbf8582
-def _check_logits(logits, labels):
-    x, labels, K = _check_inputs(logits, labels, True, "logits")
-    if x.dim() != 2: raise ValueError(f"`logits` must have shape (N, K), got {tuple(x.shape)}")
+def _check_logits(logits, labels, ignore_index):
+    "Detached `(N, K)` logits and `(N,)` labels from `(..., K)` logits and `(...)` labels, `ignore_index` positions dropped"
+    x, y, K = _check_inputs(logits, labels, True, "logits", ignore_index)
+    if x.dim() != 2: raise ValueError(f"`logits` must have shape (..., K) with `labels` (...), got the positive-class form {tuple(_as_tensor(logits, 'logits').shape)}")
     _check_values(x, True)
-    return x.detach(), labels
+    return x.detach(), y
 
 class _Scaling:
     "Base of the logit-scaling calibrators: fit by L-BFGS on the NLL"
@@ -671,9 +718,11 @@ class _Scaling:
 
     def _penalty(self, p): return 0.
 
-    def fit(self, logits, labels):
-        "Fit on `(N, K)` logits and `(N,)` labels (detached copies; the inputs are not modified)"
-        x, y = _check_logits(logits, labels)
+    def fit(self, logits, labels,
+            ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+           ):
+        "Fit on `(..., K)` logits and `(...)` labels (detached copies; the inputs are not modified)"
+        x, y = _check_logits(logits, labels, ignore_index)
         params = [t.clone().requires_grad_(True) for t in self._init(x)]
         opt = torch.optim.LBFGS(params, lr=1, max_iter=self.max_iter, tolerance_grad=1e-10, tolerance_change=1e-14,
                                 history_size=20, line_search_fn="strong_wolfe")
@@ -687,15 +736,15 @@ class _Scaling:
         return self
 
     def calibrated_logits(self, logits) -> Tensor:
-        "The scaled logits"
+        "The scaled logits, the shape of `logits` `(..., K)`"
         if self.params is None: raise RuntimeError(f"{type(self).__name__} is not fitted: call `fit` first")
         x = _as_tensor(logits, 'logits')
-        if x.dim() != 2 or not x.is_floating_point(): raise ValueError(f"`logits` must be a floating-point (N, K) tensor, got {tuple(x.shape)} {x.dtype}")
+        if x.dim() < 2 or not x.is_floating_point(): raise ValueError(f"`logits` must be a floating-point (..., K) tensor, got {tuple(x.shape)} {x.dtype}")
         return self._apply([p.to(x.dtype) for p in self.params], x.detach())
 
     def transform(self, logits) -> Tensor:
-        "Calibrated probabilities `(N, K)`"
-        return torch.softmax(self.calibrated_logits(logits), 1)
+        "Calibrated probabilities, the shape of `logits` `(..., K)`"
+        return torch.softmax(self.calibrated_logits(logits), -1)
 
 class TemperatureScaling(_Scaling):
     "Divide the logits by one temperature T fitted by minimising the NLL"
@@ -723,27 +772,32 @@ class _PerClass:
     def __init__(self, logits:bool=False): # the inputs of `fit` and `transform` are logits
         self.logits, self.K = logits, None
 
-    def _probs(self, probs, labels=None):
-        if labels is None: labels = torch.zeros(_as_tensor(probs, 'probs').shape[0], dtype=torch.long)
-        probs, labels, K = _check_inputs(probs, labels, self.logits)
+    def _probs(self, probs, labels=None, ignore_index=None):
+        "Validated `(N, K)` probabilities, `(N,)` labels and K; without labels `(N,)` is positive-class input, more dims `(..., K)`"
+        if labels is None: x = _as_tensor(probs, 'probs'); labels = torch.zeros(x.shape[:-1] if x.dim() > 1 else x.shape, dtype=torch.long)
+        probs, labels, K = _check_inputs(probs, labels, self.logits, ignore_index=ignore_index)
         _check_values(probs, self.logits)
         return _probs_of(probs, self.logits), labels, K
 
-    def fit(self, probs, labels):
-        "Fit one map per class on probabilities (or logits) `(N,)`/`(N, K)` and labels `(N,)`"
-        p, y, K = self._probs(probs, labels)
+    def fit(self, probs, labels,
+            ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+           ):
+        "Fit one map per class on probabilities (or logits) `(..., K)` (or positive-class) and labels `(...)`"
+        p, y, K = self._probs(probs, labels, ignore_index)
         self.K = K
         self._fit(p.double().cpu().numpy(), F.one_hot(y, K).double().cpu().numpy())
         return self
 
     def transform(self, probs) -> Tensor:
-        "Calibrated probabilities `(N, K)` (rows renormalised; a row mapped to all zeros becomes uniform)"
+        "Calibrated probabilities `(..., K)`, `(N, 2)` for `(N,)` input (rows renormalised; a row mapped to all zeros becomes uniform)"
         if self.K is None: raise RuntimeError(f"{type(self).__name__} is not fitted: call `fit` first")
         p, _, K = self._probs(probs)
         if K != self.K: raise ValueError(f"`probs` has {K} classes, the calibrator was fitted on {self.K}")
         q = torch.as_tensor(self._map(p.double().cpu().numpy())).to(p)
         s = q.sum(1, keepdim=True)
-        return torch.where(s > 0, q / s.clamp_min(1e-300), torch.full_like(q, 1.0 / K))
+        out = torch.where(s > 0, q / s.clamp_min(1e-300), torch.full_like(q, 1.0 / K))
+        shape = _as_tensor(probs, 'probs').shape
+        return out.reshape(*shape[:-1], K) if len(shape) > 1 else out
 
 class HistogramBinning(_PerClass):
     "Histogram binning: each equal-width bin of a class probability maps to the class frequency in it"
@@ -777,16 +831,17 @@ _REPORT = {
     "ECE (equal mass)": dict(binning="quantile"),
 }
 
-def _metrics(x, labels, logits, n_bins, ci, n_boot, seed, verbose):
+def _metrics(x, labels, logits, n_bins, ci, n_boot, seed, verbose, ignore_index):
     "`{metric: Estimate or tensor}` for one set of predictions"
-    kw = dict(logits=logits, ci=ci, n_boot=n_boot, seed=seed, verbose=verbose)
-    conf, hit = _all_columns(*_check_inputs(x, labels, logits)[:2], logits, "top-label")
+    x, labels, _ = _check_inputs(x, labels, logits, ignore_index=ignore_index)   # flat and kept once: `ignore_index=None` below
+    kw = dict(logits=logits, ci=ci, n_boot=n_boot, seed=seed, verbose=verbose, ignore_index=None)
+    conf, hit = _all_columns(x, labels, logits, "top-label")
     out = {"accuracy": hit.double().mean()}
     out.update({k: ece(x, labels, n_bins, **v, **kw) for k, v in _REPORT.items() if v is not None})
     out["classwise ECE (SCE)"] = sce(x, labels, n_bins, **kw)
     out["ACE (Nixon)"] = ace(x, labels, n_bins, **kw)
     out["smooth ECE"] = smooth_ece(x, labels, **kw)
-    ou = over_under(x, labels, n_bins, logits=logits)
+    ou = over_under(x, labels, n_bins, logits=logits, ignore_index=None)
     out["overconfidence"], out["underconfidence"] = ou[0], ou[1]
     out["Brier"], out["NLL"] = brier(x, labels, **kw), nll(x, labels, **kw)
     return out
@@ -806,19 +861,21 @@ class CalibrationReport:
     def __repr__(self): return f"CalibrationReport\n{self.table}"
     def _repr_html_(self): return self.table.to_html() if hasattr(self.table, "to_html") else None
 
-def calibration_report(x, # `(N,)`/`(N, K)` logits (`logits=True`, default) or probabilities
-                       labels, # `(N,)` integer labels
+def calibration_report(x, # `(..., K)` (or positive-class) logits (`logits=True`, default) or probabilities
+                       labels, # `(...)` integer labels
                        logits:bool=True, # whether `x` holds logits
                        calibrator=None, # an optional fitted calibrator: adds an 'after' column computed on `calibrator.transform(x)`
-                       n_bins:int=15, ci:float=0.95, n_boot:int=1000, seed:int|None=0, verbose:bool=False):
+                       n_bins:int=15, ci:float=0.95, n_boot:int=1000, seed:int|None=0, verbose:bool=False,
+                       ignore_index:int|None=-100, # label value to drop first (-100: Hugging Face padding); None keeps every label
+                      ):
     "Every calibration metric with bootstrap intervals as a table, and the reliability diagram(s)"
     sets = {"before": (x, logits)}
     if calibrator is not None: sets["after"] = (calibrator.transform(x), False)
-    metrics = {k: _metrics(v, labels, lg, n_bins, ci, n_boot, seed, verbose) for k, (v, lg) in sets.items()}
+    metrics = {k: _metrics(v, labels, lg, n_bins, ci, n_boot, seed, verbose, ignore_index) for k, (v, lg) in sets.items()}
     rows = {m: {f"{s} {c}": val for s in metrics for c, val in _row(metrics[s][m]).items()} for m in metrics["before"]}
     try:
         import pandas as pd
         table = pd.DataFrame.from_dict(rows, orient="index")
     except ImportError: table = rows
-    diagrams = [reliability(v, labels, n_bins, logits=lg, ci=ci, n_boot=n_boot, seed=seed, name=s) for s, (v, lg) in sets.items()]
+    diagrams = [reliability(v, labels, n_bins, logits=lg, ci=ci, n_boot=n_boot, seed=seed, name=s, ignore_index=ignore_index) for s, (v, lg) in sets.items()]
     return CalibrationReport(table, metrics, diagrams)

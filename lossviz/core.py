@@ -6,19 +6,22 @@ Docs: https://lossviz.github.io/lossviz/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #eaaa847d
 from __future__ import annotations
-import contextlib, fnmatch, os, re
+import contextlib, dataclasses, fnmatch, numbers, os, re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 import torch
 from torch import nn, Tensor
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map, tree_leaves
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['dist_info', 'progress', 'make_generator', 'preserved', 'select_params', 'ParamSpec', 'to_device', 'call_model',
-           'batch_size', 'is_batch', 'Batches', 'all_reduce_sum', 'unwrap', 'model_device', 'synchronize',
-           'eval_semantics', 'FunctionalLoss', 'check_scalar_loss', 'default_budget', 'chunk_count']
+__all__ = ['WEIGHTINGS', 'dist_info', 'progress', 'make_generator', 'preserved', 'select_params', 'ParamSpec', 'to_device',
+           'call_model', 'batch_size', 'is_batch', 'Batches', 'all_reduce_sum', 'unwrap', 'model_device', 'synchronize',
+           'eval_semantics', 'check_loss_fn', 'model_loss', 'compute_loss', 'output_logits', 'split_outputs',
+           'FunctionalLoss', 'check_scalar_loss', 'calls_attention', 'math_attention', 'torch_limitation',
+           'default_budget', 'chunk_count']
 
 # %% ../nbs/00_core.ipynb #61bf1d69
 def dist_info() -> tuple[int, int]:
@@ -179,13 +182,13 @@ def call_model(model, # an nn.Module or a callable such as a `functional_call` c
     if isinstance(inputs, (tuple, list)): return model(*inputs)
     return model(inputs)
 
-def batch_size(batch, # an `(inputs, targets)` pair
+def batch_size(batch, # an `(inputs, targets)` pair or a mapping batch
                where:str='data') -> int:
     "Number of samples in `batch`; raises if its tensors disagree on the first dimension"
     sizes = {tuple(t.shape[:1]) for t in tree_leaves(batch) if isinstance(t, Tensor)}
     sizes = {s[0] if s else None for s in sizes}
     if not sizes or None in sizes: raise ValueError(f"`{where}`: a batch must hold tensors with a batch dimension, got {_describe(batch)}")
-    if len(sizes) > 1: raise ValueError(f"`{where}`: mismatched batch sizes {sorted(sizes)} between inputs and targets of one batch")
+    if len(sizes) > 1: raise ValueError(f"`{where}`: mismatched batch sizes {sorted(sizes)} between the tensors of one batch")
     n = sizes.pop()
     if n == 0: raise ValueError(f"`{where}`: a batch has no samples")
     return n
@@ -195,40 +198,81 @@ def _describe(x):
     return str(tree_map(lambda t: f"Tensor{tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__, x))
 
 def is_batch(data) -> bool:
-    "True if `data` is a single `(inputs, targets)` pair rather than an iterable of them"
-    return isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], Tensor)
+    "True if `data` is a single batch (an `(inputs, targets)` pair or a mapping such as `{'input_ids', 'labels'}`) rather than an iterable of them"
+    return isinstance(data, Mapping) or (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], Tensor))
 
 # %% ../nbs/00_core.ipynb #eec52916
+WEIGHTINGS = ('samples', 'tokens')
+
 class Batches:
-    "Re-iterable `(inputs, targets, n)` batches of `data`, validated and moved to `device`"
-    def __init__(self, data, # one `(inputs, targets)` batch or an iterable of them (list, DataLoader)
+    "Re-iterable `(inputs, targets, weight)` batches of `data`, validated and moved to `device`"
+    def __init__(self, data, # one batch (an `(inputs, targets)` pair or a mapping) or an iterable of them (list, DataLoader), or a `Batches`
                  device:torch.device|str|None=None, # where the batches go (usually the model's device)
                  dtype:torch.dtype|None=None, # cast floating inputs/targets to this dtype
                  cache:bool=True, # keep the moved batches for later passes
                  max_batches:int|None=None, # use only the first `max_batches` batches
                  distributed:bool|None=None, # sum over the ranks of a process group (None: whenever one is initialised)
+                 label_key:str|None=None, # key of the targets in a mapping batch (None: `data`'s if it is a `Batches`, else "labels")
+                 weighting=None, # batch weights: "samples", "tokens" (targets other than `ignore_index`) or `fn(batch) -> number` (None: `data`'s, else "samples")
+                 ignore_index:int|None=None, # target value not counted by `weighting="tokens"` (None: `data`'s, else -100)
+                 model_loss:bool=False, # the model computes its own loss: mapping batches are passed whole, targets included
                 ):
-        if isinstance(data, Batches): data = data.data
+        if isinstance(data, Batches):
+            label_key, weighting, ignore_index = (a if a is not None else b for a, b in
+                                                  zip((label_key, weighting, ignore_index), (data.label_key, data.weighting, data.ignore_index)))
+            data = data.data
         if isinstance(data, (Tensor, str, bytes)) or data is None or not isinstance(data, Iterable):
-            raise TypeError(f"`data` must be an (inputs, targets) batch or an iterable of batches, got {type(data).__name__}")
+            raise TypeError(f"`data` must be an (inputs, targets) batch, a mapping batch or an iterable of batches, got {type(data).__name__}")
+        weighting = 'samples' if weighting is None else weighting
+        if weighting not in WEIGHTINGS and not callable(weighting): raise ValueError(f"`weighting` must be one of {WEIGHTINGS} or a callable, got {weighting!r}")
         self.data, self.device, self.dtype, self.cache, self.max_batches = data, device, dtype, cache, max_batches
+        self.label_key, self.weighting = 'labels' if label_key is None else label_key, weighting
+        self.ignore_index, self.model_loss = -100 if ignore_index is None else ignore_index, model_loss
         self.distributed = dist_info()[1] > 1 if distributed is None else distributed
         self._cached = None
 
     def _raw(self):
-        if is_batch(self.data): yield tuple(self.data); return
+        if is_batch(self.data): yield self.data; return
         for i, b in enumerate(self.data):
             if self.max_batches is not None and i >= self.max_batches: break
-            if not is_batch(b): raise TypeError(f"`data`: batch {i} is not an (inputs, targets) pair with a tensor of targets, got {_describe(b)}")
-            yield tuple(b)
+            if not is_batch(b): raise TypeError(f"`data`: batch {i} is neither an (inputs, targets) pair with a tensor of targets nor a mapping, got {_describe(b)}")
+            yield b
+
+    def _split(self, b, i):
+        "`(inputs, targets)` of the raw batch `b`: a pair as it is; a mapping without its targets, or whole with `model_loss`"
+        if not isinstance(b, Mapping): return b[0], b[1]
+        if self.label_key not in b:
+            if self.model_loss: return dict(b), None
+            raise TypeError(f"`data`: batch {i} is a mapping without targets under {self.label_key!r} (keys {list(b)}); pass `loss_fn=None` "
+                            f"to use the model's own loss, or name the key with `Batches(data, label_key=...)`")
+        y = b[self.label_key]
+        return (dict(b) if self.model_loss else {k: v for k, v in b.items() if k != self.label_key}), y
+
+    def _weight(self, b, y, i):
+        "The weight of the raw batch `b` (targets `y`) in full-data means"
+        where = f"data (batch {i})"
+        n = batch_size(b if isinstance(b, Mapping) else tuple(b), where=where)
+        if self.weighting == 'samples': return n
+        if self.weighting == 'tokens':
+            if not isinstance(y, Tensor) or y.is_floating_point():
+                raise TypeError(f"`weighting`='tokens' counts integer targets, but batch {i} has {_describe(y)}")
+            return int((y != self.ignore_index).sum())
+        w = self.weighting(b)
+        w = float(w) if isinstance(w, Tensor) and w.numel() == 1 else w
+        if not isinstance(w, numbers.Real) or isinstance(w, bool) or not w >= 0:
+            raise ValueError(f"`weighting` must return a non-negative number for each batch, got {w!r} for batch {i}")
+        return w
 
     def _fresh(self):
-        any_ = False
-        for i, (x, y) in enumerate(self._raw()):
-            n = batch_size((x, y), where=f"data (batch {i})")
-            any_ = True
-            yield to_device(x, self.device, self.dtype), to_device(y, self.device, self.dtype if y.is_floating_point() else None), n
-        if not any_: raise ValueError("`data` is empty: it yielded no batches")
+        seen = kept = 0
+        for i, b in enumerate(self._raw()):
+            x, y = self._split(b, i)
+            n, seen = self._weight(b, y, i), seen + 1
+            if n == 0: continue   # nothing counted in this batch (every target ignored): it adds nothing to any mean
+            kept += 1
+            yield to_device(x, self.device, self.dtype), to_device(y, self.device, self.dtype if isinstance(y, Tensor) and y.is_floating_point() else None), n
+        if not seen: raise ValueError("`data` is empty: it yielded no batches")
+        if not kept: raise ValueError(f"`data`: every batch has weight 0 under `weighting`={self.weighting!r} (with 'tokens': every target equals `ignore_index`={self.ignore_index})")
 
     def __iter__(self):
         if self._cached is not None: return iter(self._cached)
@@ -239,18 +283,23 @@ class Batches:
     def __len__(self): return len(list(iter(self))) if self._cached is None else len(self._cached)
 
     @property
-    def n_samples(self) -> int:
-        "Total number of samples over all batches (and all ranks when distributed)"
+    def unit(self) -> str:
+        "What the weights count: 'samples', 'tokens' or 'weight' (a custom `weighting`)"
+        return self.weighting if isinstance(self.weighting, str) else 'weight'
+
+    @property
+    def n_samples(self) -> int|float:
+        "Total weight over all batches (and all ranks when distributed): the number of samples, or of counted tokens"
         n = sum(n for *_, n in self)
         if not self.distributed: return n
-        t = torch.tensor(n, dtype=torch.int64, device=self.device)
+        t = torch.tensor(n, dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
-        return int(t)
+        return int(t) if isinstance(n, int) else float(t)
 
     def weighted_mean(self, fn, # called as `fn(inputs, targets)` (or `fn(i, inputs, targets)`), returns a tensor or a nested structure of tensors
                       verbose:bool=False, desc:str|None=None,
                       with_index:bool=False): # pass the batch's index `i` first (for per-batch caches)
-        "Average of `fn` over the batches weighted by batch size: the full-dataset mean when `fn` returns a per-batch mean"
+        "Average of `fn` over the batches weighted by their weights: the full-dataset mean when `fn` returns a per-batch mean"
         total, N = None, 0
         for i, (x, y, n) in enumerate(progress(self, total=len(self._cached) if self._cached else None, desc=desc, verbose=verbose)):
             r = tree_map(lambda t: t * n if isinstance(t, Tensor) else t, fn(i, x, y) if with_index else fn(x, y))
@@ -260,16 +309,16 @@ class Batches:
         return tree_map(lambda t: t / N if isinstance(t, Tensor) else t, total)
 
 def all_reduce_sum(tree, # nested structure whose tensors are summed over the ranks
-                   n:int): # local sample count, summed too
+                   n:int|float): # local sample count (or total weight), summed too
     "Sum the tensors of `tree` and the count `n` over all ranks of the default process group"
     leaves = [t for t in tree_leaves(tree) if isinstance(t, Tensor)]
     if any(t.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(t) for t in leaves):
         raise RuntimeError("a distributed `weighted_mean` cannot be differentiated through: the sum over ranks would drop the other ranks' "
                            "gradients. Differentiate per batch inside `fn` (e.g. `fn = lambda x, y: grad(loss)(p, x, y)`) so the gradients themselves are summed")
     for t in leaves: torch.distributed.all_reduce(t)
-    cnt = torch.tensor(n, dtype=torch.int64, device=leaves[0].device if leaves else 'cpu')
+    cnt = torch.tensor(n, dtype=torch.float64, device=leaves[0].device if leaves else 'cpu')
     torch.distributed.all_reduce(cnt)
-    return tree, int(cnt)
+    return tree, int(cnt) if isinstance(n, int) else float(cnt)
 
 # %% ../nbs/00_core.ipynb #1e8cb55d
 def unwrap(model:nn.Module, # a model, possibly wrapped in DistributedDataParallel or DataParallel
@@ -299,21 +348,72 @@ def eval_semantics(model:nn.Module, # model whose submodules' `training` flags a
     finally:
         for m, f in flags: m.training = f
 
+# %% ../nbs/00_core.ipynb #fe694315
+def check_loss_fn(loss_fn, # the user's `loss_fn` argument
+                 ):
+    "Raise unless `loss_fn` is callable or None (the model's own loss)"
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable as `loss_fn(outputs, targets)`, or None for the model's own loss (`outputs.loss`), got {type(loss_fn).__name__}")
+    return loss_fn
+
+def model_loss(outputs, # what the model returned
+              ) -> Tensor:
+    "The loss the model computed itself: `outputs.loss`, `outputs['loss']`, or `outputs` when it is a scalar tensor"
+    if isinstance(outputs, Tensor) and outputs.numel() == 1: return outputs
+    loss = outputs.get('loss') if isinstance(outputs, Mapping) else getattr(outputs, 'loss', None)
+    if isinstance(loss, Tensor): return loss
+    keys = f" with keys {list(outputs)}" if isinstance(outputs, Mapping) else ""
+    raise ValueError(f"`loss_fn`=None uses the model's own loss, but the model returned {type(outputs).__name__}{keys} and no loss: "
+                     f"include the targets in the batch (e.g. 'labels' for transformers models) or pass a `loss_fn(outputs, targets)`")
+
+def compute_loss(loss_fn, # `loss_fn(outputs, targets)`, or None for the model's own loss
+                 outputs, targets) -> Tensor:
+    "The scalar loss of one batch, by `loss_fn` or (for None) the model's own"
+    return check_scalar_loss(model_loss(outputs) if loss_fn is None else loss_fn(outputs, targets))
+
+def output_logits(outputs, # a tensor, a `ModelOutput`/mapping with 'logits', or a tuple whose first element is the logits
+                 ) -> Tensor:
+    "The logits inside a model's outputs"
+    if isinstance(outputs, Tensor): return outputs
+    logits = outputs.get('logits') if isinstance(outputs, Mapping) else getattr(outputs, 'logits', None)
+    if logits is None and isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor): logits = outputs[0]
+    if not isinstance(logits, Tensor): raise TypeError(f"cannot find logits in the model's outputs ({type(outputs).__name__}): return a tensor, or an object with `.logits`")
+    return logits
+
+def split_outputs(outputs, # a tensor, or dataclasses (e.g. transformers' `ModelOutput`), mappings, tuples and lists of them, nested
+                 ) -> tuple[list[Tensor], object]:
+    "`(tensors, rebuild)`: the tensors inside `outputs`, and `rebuild(new)` that puts `new` in their places, everything else (caches) None"
+    leaves = []
+    def spec(o):
+        if isinstance(o, Tensor): leaves.append(o); return len(leaves) - 1
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return ('fields', type(o), {f.name: spec(getattr(o, f.name)) for f in dataclasses.fields(o) if f.init})
+        if isinstance(o, Mapping): return ('fields', dict, {k: spec(v) for k, v in o.items()})
+        if isinstance(o, (tuple, list)): return ('items', type(o), [spec(v) for v in o])
+        return None
+    def build(s, new):
+        if s is None or isinstance(s, int): return None if s is None else new[s]
+        kind, cls, parts = s
+        if kind == 'fields': return cls(**{k: build(v, new) for k, v in parts.items()})
+        items = [build(v, new) for v in parts]
+        return cls(*items) if hasattr(cls, '_fields') else cls(items)   # a namedtuple takes its fields as arguments
+    structure = spec(outputs)
+    return leaves, lambda new: build(structure, list(new))
+
 # %% ../nbs/00_core.ipynb #374e8174
 class FunctionalLoss:
     "The loss of `model` on `data` as a pure function of a chosen parameter dict"
     def __init__(self, model:nn.Module, # the model (never modified)
-                 loss_fn, # `loss_fn(outputs, targets)` returning a scalar per-batch mean
-                 data, # one `(inputs, targets)` batch or an iterable of them
+                 loss_fn, # `loss_fn(outputs, targets)` returning a scalar per-batch mean, or None for the model's own loss (`outputs.loss`)
+                 data, # one batch (`(inputs, targets)` or a mapping) or an iterable of them, or a `Batches`
                  params=None, # which parameters vary: None (all trainable), names/globs, or submodules
                  train_mode:bool=False, # evaluate with train-mode semantics (batch statistics in BatchNorm)
                  cache:bool=True, # keep the batches on the device between passes
                 ):
         model = unwrap(model)
-        if not callable(loss_fn): raise TypeError(f"`loss_fn` must be callable, got {type(loss_fn).__name__}")
-        self.model, self.loss_fn, self.train_mode = model, loss_fn, train_mode
+        self.model, self.loss_fn, self.train_mode = model, check_loss_fn(loss_fn), train_mode
         self.device = model_device(model)
-        self.batches = Batches(data, device=self.device, cache=cache)
+        self.batches = Batches(data, device=self.device, cache=cache, model_loss=loss_fn is None)
         self.params = {n: p.detach() for n, p in select_params(model, params).items()}
         self.spec = ParamSpec(self.params)
         self.fixed = {n: p.detach() for n, p in model.named_parameters() if n not in self.params}
@@ -337,13 +437,12 @@ class FunctionalLoss:
             return functional_call(self.model, self._state(p), _as_args(inputs), _as_kwargs(inputs), tie_weights=True, strict=False)
 
     def batch_loss(self, p:Mapping[str, Tensor], inputs, targets) -> Tensor:
-        "Loss on one batch with the selected parameters set to `p`, checked to be a finite-shaped scalar"
-        loss = self.loss_fn(self.outputs(p, inputs), targets)
-        return check_scalar_loss(loss)
+        "Loss on one batch with the selected parameters set to `p` (by `loss_fn`, or the model's own), checked to be a scalar"
+        return compute_loss(self.loss_fn, self.outputs(p, inputs), targets)
 
     def loss(self, p:Mapping[str, Tensor]|Tensor|None=None, # parameter dict, flat vector `(P,)`, or None for the current values
              verbose:bool=False) -> Tensor:
-        "Full-dataset mean loss (batches weighted by size) at parameters `p`"
+        "Full-dataset mean loss (batches weighted as `data` says: by size by default) at parameters `p`"
         p = self._as_dict(p)
         return self.batches.weighted_mean(lambda x, y: self.batch_loss(p, x, y), verbose=verbose, desc='loss')
 
@@ -364,6 +463,39 @@ def check_scalar_loss(loss, # what `loss_fn` returned
     if not isinstance(loss, Tensor): raise TypeError(f"`loss_fn` must return a tensor, got {type(loss).__name__}")
     if loss.numel() != 1: raise ValueError(f"`loss_fn` must return a scalar (a per-batch mean), got shape {tuple(loss.shape)}; use reduction='mean'")
     return loss.reshape(())
+
+# %% ../nbs/00_core.ipynb #b9d86770
+class _SeesAttention(TorchFunctionMode):
+    "Records whether `torch.nn.functional.scaled_dot_product_attention` is called"
+    def __init__(self): super().__init__(); self.seen = False
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.scaled_dot_product_attention: self.seen = True
+        return func(*args, **(kwargs or {}))
+
+def calls_attention(fn, # called with no arguments
+                   ) -> tuple:
+    "`(fn(), True if it called PyTorch's scaled-dot-product attention)`"
+    with _SeesAttention() as mode: out = fn()
+    return out, mode.seen
+
+@contextlib.contextmanager
+def math_attention():
+    "For the duration, scaled-dot-product attention runs PyTorch's math kernel, which has forward-mode AD and double backward (the fused kernels have neither)"
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    with sdpa_kernel([SDPBackend.MATH]): yield
+
+_TORCH_LIMITATIONS = re.compile('|'.join((
+    r"forward AD", r"derivative for \S+ is not implemented", r"[Bb]atching rule", r"^vmap\b", r"functorch", r"torch\.func",
+    r"setup_context", r"saved tensor hooks", r"has not been implemented yet", r"doesn't have storage", r"data-dependent",
+    r"in-place operation .* captured [Tt]ensor", r"double backward", r"does not support (forward|double|higher)",
+    r"ZeroTensors are immutable", r"[Ff]orward-mode", r"Cannot access (data pointer|storage)")))
+
+def torch_limitation(e:BaseException, # an exception raised while computing derivatives
+                    ) -> bool:
+    "Whether `e` is PyTorch saying that a transform or a derivative is not available for an operation (rather than an error of the user's code)"
+    for err in (e, e.__cause__):
+        if isinstance(err, (RuntimeError, NotImplementedError)) and _TORCH_LIMITATIONS.search(str(err)): return True
+    return False
 
 # %% ../nbs/00_core.ipynb #28ae767e
 def default_budget(device:torch.device|str='cpu') -> int:

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn, Tensor
 from torch.func import grad, jvp, vjp, vmap, linearize
-from torch.utils._pytree import tree_map, tree_leaves, tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_map, tree_leaves
 from fastcore.basics import patch
-from .core import (FunctionalLoss, ParamSpec, select_params, preserved, progress, make_generator,
-                          check_scalar_loss, chunk_count, default_budget, call_model, synchronize)
+from .core import (FunctionalLoss, ParamSpec, select_params, preserved, progress, make_generator, batch_size, chunk_count,
+                          default_budget, call_model, synchronize, check_scalar_loss, split_outputs, calls_attention,
+                          math_attention, torch_limitation)
 
 # %% auto #0
 __all__ = ['CURVATURES', 'METHODS', 'LINEARIZE_AFTER', 'WHICH', 'Hessian', 'lanczos', 'EigenResult', 'TraceResult', 'hutchpp',
@@ -23,7 +24,6 @@ __all__ = ['CURVATURES', 'METHODS', 'LINEARIZE_AFTER', 'WHICH', 'Hessian', 'lanc
 # %% ../nbs/03_hessian.ipynb #fd714ba5
 CURVATURES = ('hessian', 'ggn', 'empirical_fisher')
 METHODS = ('auto', 'linearize', 'jvp', 'vjp', 'double_backward')
-_FUNC_ERRORS = (RuntimeError, NotImplementedError)
 LINEARIZE_AFTER = 64   # products after which `method="auto"` measures the linearized product (see the prose above)
 
 def _rademacher(k:int, P:int, g:torch.Generator, dtype, device) -> Tensor:
@@ -46,8 +46,8 @@ def _activation_numel(fl:FunctionalLoss, x) -> int:
 class Hessian:
     "Curvature operator (Hessian, GGN or empirical Fisher) of the mean loss of `model` on `data`, as batched matrix-vector products"
     def __init__(self, model:nn.Module, # the model (never modified)
-                 loss_fn, # `loss_fn(outputs, targets)` -> scalar per-batch mean, e.g. `F.cross_entropy`
-                 data, # one `(inputs, targets)` batch or an iterable of batches (DataLoader); weighted by batch size
+                 loss_fn, # `loss_fn(outputs, targets)` -> scalar per-batch mean, e.g. `F.cross_entropy`; None: the model's own loss (`outputs.loss`)
+                 data, # one batch (`(inputs, targets)` or a mapping such as `{"input_ids", "labels"}`) or an iterable of them (DataLoader), or a `core.Batches`
                  params=None, # None: all trainable parameters; or names/globs/submodules (see `core.select_params`)
                  curvature:str='hessian', # "hessian", "ggn" (generalised Gauss-Newton) or "empirical_fisher"
                  train_mode:bool=False, # evaluate with batch statistics (running stats are never written)
@@ -65,14 +65,17 @@ class Hessian:
         if curvature == 'empirical_fisher' and train_mode:
             raise ValueError("`train_mode`=True is not supported with curvature='empirical_fisher': per-sample gradients are undefined with batch statistics")
         if chunk_size is not None and chunk_size < 1: raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
+        if curvature == 'ggn' and loss_fn is None:
+            raise ValueError("curvature='ggn' needs a `loss_fn(outputs, targets)`: the GGN separates the loss from the network, which the model's own loss (`loss_fn=None`) does not allow")
         self.fl = FunctionalLoss(model, loss_fn, data, params=params, train_mode=train_mode, cache=cache)
         self.spec, self.P = self.fl.spec, self.fl.spec.size
         self.curvature, self.method, self.batched, self.chunk_size = curvature, method, batched, chunk_size
         self.budget, self.cache, self.verbose = budget, cache, verbose
-        self.dtype, self.device = self.spec.dtype, self.spec.device
+        self.dtype, self.device = torch.promote_types(self.spec.dtype, torch.float32), self.spec.device   # vectors: float32 at least (bf16 models too)
         self.n_matvecs, self.timings = 0, {'setup': 0.0}
         self._kernel, self._setups, self._chunk, self._batched_arg, self._switch_checked = None, {}, None, batched, False
-        with preserved(model): self.loss = self._checked_loss()
+        with preserved(model): self.loss, seen = calls_attention(self._checked_loss)
+        self.meta = {'attention': 'math'} if seen else {}   # then scaled-dot-product attention runs the math kernel in every product
 
     def _checked_loss(self) -> float:
         "Full-data loss at the current parameters, raising if any batch gives a non-finite loss"
@@ -84,7 +87,7 @@ class Hessian:
 
     def __repr__(self):
         nb = len(self.fl.batches)
-        return (f"Hessian(curvature={self.curvature!r}, P={self.P:,}, {nb} batch{'es' * (nb > 1)} / {self.fl.batches.n_samples:,} samples, "
+        return (f"Hessian(curvature={self.curvature!r}, P={self.P:,}, {nb} batch{'es' * (nb > 1)} / {self.fl.batches.n_samples:,} {self.fl.batches.unit}, "
                 f"loss={self.loss:.6g}, method={self._kernel or self.method!r}, train_mode={self.fl.train_mode}, products so far={self.n_matvecs})")
 
 # %% ../nbs/03_hessian.ipynb #1f62bbee
@@ -158,9 +161,12 @@ def _k_double_backward(self:Hessian, i, x, y, V, batched):
 @patch
 def _k_ggn(self:Hessian, i, x, y, V, batched):
     p = self.fl.params
-    f = lambda q: self.fl.outputs(q, x)
+    rebuild = [None]
+    def f(q):   # only tensors leave a transform: the outputs' tensors; the loss gets their structure back (a ModelOutput, caches as None)
+        ts, rebuild[0] = split_outputs(self.fl.outputs(q, x))
+        return ts
     out, pullback = vjp(f, p)
-    loss_hvp = vjp(grad(lambda o: check_scalar_loss(self.fl.loss_fn(o, y))), out)[1]   # reverse-over-reverse: outputs are small
+    loss_hvp = vjp(grad(lambda o: check_scalar_loss(self.fl.loss_fn(rebuild[0](o), y))), out)[1]   # reverse-over-reverse: outputs are small
     def one(u): return pullback(loss_hvp(jvp(f, (p,), (u,))[1])[0])[0]
     return self._map(one, V, batched)
 
@@ -170,11 +176,11 @@ def _k_ggn_autograd(self:Hessian, i, x, y, V, batched):
     def make():   # kept per batch: the outputs' graph, J^T w for a dummy w (J v is its gradient in w), the loss gradient on detached outputs
         p, state = self._graph_leaves()
         with torch.enable_grad():
-            outs, tree = tree_flatten(self.fl.outputs(state, x))
+            outs, rebuild = split_outputs(self.fl.outputs(state, x))
             ws = [torch.zeros_like(o, requires_grad=True) for o in outs]
             jt = torch.autograd.grad(outs, [p[n] for n in names], ws, create_graph=True, allow_unused=True)
             lo = [o.detach().requires_grad_() for o in outs]
-            gl = torch.autograd.grad(check_scalar_loss(self.fl.loss_fn(tree_unflatten(lo, tree), y)), lo, create_graph=True)
+            gl = torch.autograd.grad(check_scalar_loss(self.fl.loss_fn(rebuild(lo), y)), lo, create_graph=True)
         return [p[n] for n in names], outs, ws, jt, lo, gl
     leaves, outs, ws, jt, lo, gl = self._setup(('ggn_autograd', i), make)
     live = [j for j, g in enumerate(jt) if g is not None and g.requires_grad]
@@ -189,7 +195,7 @@ def _k_ggn_autograd(self:Hessian, i, x, y, V, batched):
 def _per_sample_grads(self:Hessian, x, y, n) -> Tensor:
     "Gradients `(n, P)` of each sample's loss (the loss function on a batch of one)"
     def one(xi, yi):
-        xb, yb = tree_map(lambda t: t.unsqueeze(0), xi), yi.unsqueeze(0)
+        xb, yb = tree_map(lambda t: t.unsqueeze(0), (xi, yi))
         return self.spec.flatten(grad(lambda q: self.fl.batch_loss(q, xb, yb))(self.fl.params))
     size = chunk_count(n, 4 * self.P * self.spec.dtype.itemsize, self.budget, self.device)
     sl = lambda t, a: tree_map(lambda u: u[a:a + size], t)
@@ -201,14 +207,14 @@ def _per_sample_grads_autograd(self:Hessian, x, y, n) -> Tensor:
     p, state = self._graph_leaves()
     leaves, rows = [p[k] for k in self.spec.names], []
     for j in range(n):
-        with torch.enable_grad(): l = self.fl.batch_loss(state, tree_map(lambda t: t[j:j + 1], x), y[j:j + 1])
+        with torch.enable_grad(): l = self.fl.batch_loss(state, *tree_map(lambda t: t[j:j + 1], (x, y)))
         rows.append(self.spec.flatten(dict(zip(self.spec.names, _grads([l], leaves, [torch.ones_like(l)])))))
     return torch.stack(rows)
 
 @patch
 def _ef_product(self:Hessian, name, per_sample, i, x, y, V):
     "Empirical Fisher products `V G^T G / n` from the per-sample gradients `G` of batch `i` (kept under `name` when they fit the budget)"
-    n = len(y)
+    n = batch_size((x, y))
     fits = self.cache and self.spec.dtype.itemsize * self.P * self.fl.batches.n_samples <= (self.budget or default_budget(self.device))
     G = self._setup((name, i), lambda: per_sample(x, y, n)) if fits else per_sample(x, y, n)
     return (V @ G.T) @ G / n
@@ -257,8 +263,8 @@ def _first_product(self:Hessian, i, x, y, v):
     names, first_error = self._candidates(), None
     for name in names:
         try: out, t = self._timed(name, i, x, y, v, False)
-        except _FUNC_ERRORS as e:
-            if self.method != 'auto' or name == names[-1]: raise e from first_error
+        except Exception as e:   # only PyTorch's own limitations fall back to the next kernel: the user's errors propagate
+            if self.method != 'auto' or name == names[-1] or not torch_limitation(e): raise e from first_error
             first_error = first_error or e
             continue
         if first_error is not None:
@@ -276,8 +282,8 @@ def _measure(self:Hessian, i, x, y, v, names, strict=False):
         try:
             results[name], t = self._timed(name, i, x, y, v, False)
             times[name] = min(t, self._timed(name, i, x, y, v, False)[1])
-        except _FUNC_ERRORS:
-            if strict: raise
+        except Exception as e:
+            if strict or not torch_limitation(e): raise
     return results[min(times, key=times.get)], times
 
 @patch
@@ -306,7 +312,9 @@ def _stacked(self:Hessian, i, x, y, V):
         try:
             first, t = self._timed(self._kernel, i, x, y, V[:c], True)
             self.batched = t / c < self.timings['per_product'][self._kernel]
-        except _FUNC_ERRORS: first, self.batched = fn(i, x, y, V[:c], False), False
+        except Exception as e:
+            if not torch_limitation(e): raise
+            first, self.batched = fn(i, x, y, V[:c], False), False
         self.timings['per_product_vmapped'] = None if not self.batched else t / c
         return first if c == len(V) else torch.cat([first, self._stacked(i, x, y, V[c:])])
     if not self.batched: return fn(i, x, y, V, False)
@@ -334,7 +342,9 @@ def _check_vectors(self:Hessian, v) -> tuple[Tensor, bool]:
 @patch
 def _matvec(self:Hessian, V:Tensor) -> Tensor:
     "Product of the full-data curvature with the rows of `V` (k, P) (no checks, no guard); summed over the ranks of a process group"
-    out = self.fl.batches.weighted_mean(lambda i, x, y: self._batch_product(i, x, y, V), with_index=True)
+    Vm = V.to(self.spec.dtype)   # products in the model's dtype (bf16 models), summed over batches in `self.dtype` (float32 or wider)
+    with math_attention():
+        out = self.fl.batches.weighted_mean(lambda i, x, y: self._batch_product(i, x, y, Vm).to(self.dtype), with_index=True)
     self.n_matvecs += len(V)
     return out
 
@@ -470,6 +480,7 @@ class EigenResult:
     which: str = 'LA'
     tol: float = 1e-4
     spec: ParamSpec|None = field(default=None, repr=False)
+    meta: dict = field(default_factory=dict)   # how it was computed: product kernel, attention kernel if switched
 
     def as_dicts(self) -> list[dict[str, Tensor]]:
         "The eigenvectors as `{parameter name: tensor}` dicts (usable as landscape directions)"
@@ -539,7 +550,13 @@ def eigenvalues(self:Hessian, k:int=3, # number of eigenpairs
     if not conv.all():
         warnings.warn(f"Lanczos: only {int(conv.sum())} of {k} eigenpairs converged to `tol`={tol:g} in {n} products "
                       f"(largest residual {float(res.max()):.3g}); raise `max_matvecs` or `ncv`, or loosen `tol`")
-    return EigenResult(vals, vecs, res, conv, n, which, tol, self.spec)
+    return self._result(EigenResult(vals, vecs, res, conv, n, which, tol, self.spec))
+
+@patch
+def _result(self:Hessian, r):
+    "`r` with `r.meta` recording the product kernel, and `attention='math'` when scaled-dot-product attention was switched to the math kernel"
+    r.meta.update(self.meta, kernel=self._kernel)
+    return r
 
 # %% ../nbs/03_hessian.ipynb #1aa57d59
 @dataclass
@@ -551,6 +568,7 @@ class TraceResult:
     n_matvecs: int     # products used
     method: str = 'hutch++'
     exact_part: float = 0.0  # tr(Q^T H Q) of the Hutch++ sketch
+    meta: dict = field(default_factory=dict)   # how it was computed: product kernel, attention kernel if switched
 
     def __repr__(self):
         return f"TraceResult({self.method}: {_fmt(self.value)} ± {_fmt(self.stderr)} (rel. {self.stderr / abs(self.value) if self.value else float('inf'):.2%}), {len(self.samples)} samples, {self.n_matvecs} products)"
@@ -649,8 +667,8 @@ def trace(self:Hessian, tol:float|None=1e-2, # target relative standard error (N
     "Trace of the curvature by Hutch++ (default), Hutchinson or XTrace, to a relative standard error `tol`"
     if method not in ('hutch++', 'hutchinson', 'xtrace'): raise ValueError(f"`method` must be 'hutch++', 'hutchinson' or 'xtrace', got {method!r}")
     with preserved(self.fl.model):
-        if method == 'xtrace': return xtrace(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, block, seed, self.verbose)
-        return hutchpp(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, method, sketch, block, seed, self.verbose)
+        if method == 'xtrace': return self._result(xtrace(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, block, seed, self.verbose))
+        return self._result(hutchpp(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, method, sketch, block, seed, self.verbose))
 
 # %% ../nbs/03_hessian.ipynb #d622101c
 @dataclass
@@ -660,6 +678,7 @@ class DensityResult:
     weights: Tensor   # (n_runs, n_iter) quadrature weights of each run (each row sums to 1)
     n_matvecs: int    # products used
     P: int = 0        # dimension (to scale densities to eigenvalue counts)
+    meta: dict = field(default_factory=dict)   # how it was computed: product kernel, attention kernel if switched
 
     @property
     def sigma(self) -> float:
@@ -737,7 +756,7 @@ def density(self:Hessian, n_iter:int=80, # Lanczos steps per run
             seed:int|None=0) -> DensityResult:
     "Spectral density by stochastic Lanczos quadrature"
     with preserved(self.fl.model):
-        return slq(self._matvec, self.P, self.dtype, self.device, n_iter, n_runs, seed, self.verbose)
+        return self._result(slq(self._matvec, self.P, self.dtype, self.device, n_iter, n_runs, seed, self.verbose))
 
 # %% ../nbs/03_hessian.ipynb #4d10bee5
 @dataclass

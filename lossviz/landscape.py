@@ -18,14 +18,15 @@ from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
 from fastcore.basics import patch
 from .core import (progress, make_generator, select_params, ParamSpec, Batches, model_device, eval_semantics,
-                          chunk_count, default_budget, FunctionalLoss, dist_info, all_reduce_sum, call_model, synchronize)
+                          chunk_count, default_budget, FunctionalLoss, dist_info, all_reduce_sum, call_model, synchronize,
+                          check_loss_fn, compute_loss, output_logits, math_attention)
 from .distributed import shard as shard_range, gather_blocks
 
 # %% auto #0
 __all__ = ['LOOP_CHUNK_SECONDS', 'param_spec', 'as_direction', 'normalize_direction', 'random_direction', 'orthogonalize',
            'random_directions', 'direction_between', 'direction_from_vector', 'PCADirections', 'pca_directions',
-           'project_trajectory', 'accuracy', 'resolve_metrics', 'GridEvaluator', 'Landscape', 'evaluate_grid',
-           'slice_1d', 'slice_2d', 'slice_3d', 'slice_nd', 'interpolate', 'Barrier', 'loss_barrier',
+           'project_trajectory', 'accuracy', 'next_token_accuracy', 'resolve_metrics', 'GridEvaluator', 'Landscape',
+           'evaluate_grid', 'slice_1d', 'slice_2d', 'slice_3d', 'slice_nd', 'interpolate', 'Barrier', 'loss_barrier',
            'curve_coefficients', 'Curve', 'fit_curve', 'Sharpness', 'sharpness']
 
 # %% ../nbs/04_landscape.ipynb #85aa4a9e
@@ -189,22 +190,33 @@ def project_trajectory(trajectory:Sequence, # state_dicts, models, checkpoint pa
     return torch.linalg.solve(D @ D.T, D @ X.T).T
 
 # %% ../nbs/04_landscape.ipynb #846b8a68
-def accuracy(outputs:Tensor, targets:Tensor) -> Tensor:
-    "Fraction of samples whose argmax over the last dim equals the target (in the outputs' dtype)"
-    return (outputs.argmax(-1) == targets).to(outputs.dtype).mean()
+def accuracy(outputs, # logits `(..., K)`, or model outputs holding them (`.logits`)
+             targets:Tensor, # class indices `(...)`
+             ignore_index:int=-100, # targets not counted (padding)
+            ) -> Tensor:
+    "Fraction of the counted targets (those other than `ignore_index`) equal to the argmax of the logits over the last dim"
+    logits = output_logits(outputs)
+    keep = targets != ignore_index
+    return ((logits.argmax(-1) == targets) & keep).sum().to(torch.promote_types(logits.dtype, torch.float32)) / keep.sum()
 
-def resolve_metrics(loss_fn, # the loss function, used for "loss"
+def next_token_accuracy(outputs, # a causal language model's logits `(B, T, V)`, or outputs holding them
+                        targets:Tensor, # token labels `(B, T)`, as given to the model (it shifts them itself)
+                        ignore_index:int=-100) -> Tensor:
+    "`accuracy` of the prediction at each position for the token at the next one, as causal language models score their labels"
+    return accuracy(output_logits(outputs)[..., :-1, :], targets[..., 1:], ignore_index)
+
+def resolve_metrics(loss_fn, # the loss function, used for "loss" (None: the model's own loss)
                     metrics=None, # None (loss only), names/callables, or a `{name: callable or "loss"/"accuracy"}` dict
                    ) -> dict:
     "An ordered `{name: fn(outputs, targets)}` dict of the requested metrics"
-    builtin = {'loss': loss_fn, 'accuracy': accuracy}
+    builtin = {'loss': lambda out, y: compute_loss(loss_fn, out, y), 'accuracy': accuracy, 'next_token_accuracy': next_token_accuracy}
     if metrics is None: metrics = ('loss',)
     if isinstance(metrics, (str,)) or callable(metrics): metrics = (metrics,)
     items = metrics.items() if isinstance(metrics, Mapping) else [(m if isinstance(m, str) else getattr(m, '__name__', f'metric{i}'), m) for i, m in enumerate(metrics)]
     out = {}
     for name, m in items:
         fn = builtin.get(m) if isinstance(m, str) else m
-        if not callable(fn): raise ValueError(f"`metrics`: {name!r} is neither 'loss', 'accuracy' nor a callable")
+        if not callable(fn): raise ValueError(f"`metrics`: {name!r} is neither one of {list(builtin)} nor a callable")
         out[name] = fn
     if not out: raise ValueError("`metrics` is empty")
     return out
@@ -295,8 +307,8 @@ def _split_first_layer(model:nn.Module):
 class GridEvaluator:
     "Evaluates metrics of `model` on `data` at many parameter vectors, without touching the model"
     def __init__(self, model:nn.Module, # the model (never modified)
-                 loss_fn, # `loss_fn(outputs, targets)`, a scalar per-batch mean
-                 data, # one `(inputs, targets)` batch or an iterable of them
+                 loss_fn, # `loss_fn(outputs, targets)`, a scalar per-batch mean; None: the model's own loss (`outputs.loss`)
+                 data, # one batch (`(inputs, targets)` or a mapping) or an iterable of them, or a `core.Batches`
                  params=None, # which parameters vary (None: all trainable)
                  metrics=None, # see `resolve_metrics`
                  bn:str='eval', # "eval": running statistics; "recompute": recomputed at each point
@@ -313,11 +325,11 @@ class GridEvaluator:
         if memory_format not in ('auto', 'contiguous', 'channels_last'): raise ValueError(f"`memory_format` must be 'auto', 'contiguous' or 'channels_last', got {memory_format!r}")
         if bn not in ('eval', 'recompute'): raise ValueError(f"`bn` must be 'eval' or 'recompute', got {bn!r}")
         if first_layer not in (True, False, 'auto'): raise ValueError(f"`first_layer` must be True, False or 'auto', got {first_layer!r}")
-        self.model, self.metrics, self.bn, self.strategy, self.autocast = model, resolve_metrics(loss_fn, metrics), bn, strategy, autocast
+        self.model, self.metrics, self.bn, self.strategy, self.autocast = model, resolve_metrics(check_loss_fn(loss_fn), metrics), bn, strategy, autocast
         self.device = model_device(model)
         self.budget = default_budget(self.device) if budget is None else budget
         if self.budget <= 0: raise ValueError(f"`budget` must be positive, got {budget}")
-        self.batches = Batches(data, device=self.device, distributed=False)  # sums over ranks: see `evaluate_grid`'s `shard`
+        self.batches = Batches(data, device=self.device, distributed=False, model_loss=loss_fn is None)  # sums over ranks: see `evaluate_grid`'s `shard`
         self.n_samples = self.batches.n_samples
         sel = {n: p.detach() for n, p in select_params(model, params).items()}
         bufs = {n: b.detach() for n, b in model.named_buffers()}
@@ -420,11 +432,14 @@ class GridEvaluator:
     def _stacked(self, P, C=None):
         "Metric values at the rows of `P` (coordinates `C`), vmapped over the stacked parameter sets"
         affine = C is not None and self._affine is not None
-        f = vmap(self._call_rest) if affine else vmap(self._call, in_dims=(0, None))
-        ps, raw = self.spec.unflatten(P), []
-        for b, (x, y, _) in enumerate(self.batches):
-            raw += [v for o in f(ps, self._first_out(b, C) if affine else x) for v in self._metric_raw(o, y)]
-        return self._weighted(torch.stack(raw).reshape(-1, len(P), len(self.metrics)).transpose(0, 1))
+        f = vmap(self._metrics_of(self._call_rest), in_dims=(0, 0, None)) if affine else vmap(self._metrics_of(self._call), in_dims=(0, None, None))
+        ps = self.spec.unflatten(P)
+        with math_attention():   # fused attention kernels have no batching rule: vmap would run them one point at a time
+            return self._weighted(torch.stack([f(ps, self._first_out(b, C) if affine else x, y) for b, (x, y, _) in enumerate(self.batches)], 1))
+
+    def _metrics_of(self, call):
+        "`(state, inputs, targets) -> (n_metrics,)`: the metrics computed inside the mapped function, so that only tensors leave `vmap` (not caches or `ModelOutput`s)"
+        return lambda state, inputs, y: torch.stack(self._metric_raw(call(state, inputs), y))
 
     def _configure(self, fmt, shortcut):
         "Use layout `fmt` for the loop's parameters, and the cached first-layer outputs (in that layout) if `shortcut`"

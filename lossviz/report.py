@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn, Tensor
 from . import __version__
-from .core import Batches, eval_semantics, model_device, call_model, preserved, progress, unwrap
+from .core import (Batches, eval_semantics, model_device, call_model, preserved, progress, unwrap, check_loss_fn,
+                          compute_loss, output_logits)
 
 # %% auto #0
 __all__ = ['SECTIONS', 'Skip', 'Section', 'call_model_eval', 'render_html', 'Report', 'report']
@@ -51,8 +52,9 @@ class _Context:
             outs, ys = [], []
             with torch.no_grad(), eval_semantics(self.model):
                 for x, y, _ in progress(self.data, desc='outputs', verbose=self.verbose):
-                    o = call_model(self.model, x)
-                    if not isinstance(o, Tensor): raise Skip(f"the model returns {type(o).__name__}, not a tensor of outputs")
+                    try: o = output_logits(call_model(self.model, x))
+                    except TypeError as e: raise Skip(str(e)) from None
+                    if not isinstance(y, Tensor): raise Skip("the batches hold no targets")
                     outs.append(o.detach()); ys.append(y)
             self._outputs = (torch.cat(outs), torch.cat(ys))
         return self._outputs
@@ -80,7 +82,7 @@ def _summary(ctx:_Context, s:Section):
     s.metrics.update(model=type(m).__name__, parameters=f"{sum(p.numel() for p in m.parameters()):,}",
                      trainable=f"{sum(p.numel() for p in m.parameters() if p.requires_grad):,}",
                      samples=f"{ctx.data.n_samples:,}", device=str(model_device(m)))
-    s.metrics['loss'] = float(ctx.data.weighted_mean(lambda x, t: ctx.loss_fn(call_model_eval(m, x), t).detach().double()))
+    s.metrics['loss'] = float(ctx.data.weighted_mean(lambda x, t: compute_loss(ctx.loss_fn, call_model_eval(m, x), t).detach().double()))
     try:
         zc, yc = ctx.class_logits()
         s.metrics['accuracy'] = f"{(zc.argmax(1) == yc).double().mean().item():.2%}"
@@ -208,8 +210,8 @@ class Report:
 
 # %% ../nbs/12_report.ipynb #1fb17b94
 def report(model:nn.Module, # the trained model (never modified)
-           loss_fn, # `loss_fn(outputs, targets)` -> scalar per-batch mean, e.g. `F.cross_entropy`
-           data, # one `(inputs, targets)` batch or an iterable of them (DataLoader)
+           loss_fn, # `loss_fn(outputs, targets)` -> scalar per-batch mean, e.g. `F.cross_entropy`; None: the model's own loss (`outputs.loss`)
+           data, # one batch (`(inputs, targets)` or a mapping) or an iterable of them (DataLoader), or a `core.Batches`
            out:str|os.PathLike|None='report.html', # where to write the HTML (None: do not write)
            feature_layer=None, # name (or module) of the layer whose features the geometry section analyses
            classifier=None, # name (or module) of the last nn.Linear, for NC3 (optional)
@@ -227,14 +229,14 @@ def report(model:nn.Module, # the trained model (never modified)
           ) -> Report:
     "Analyse `model` on `data` (Hessian, landscape, calibration, geometry) and write one self-contained HTML report"
     if not isinstance(model, nn.Module): raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
-    if not callable(loss_fn): raise TypeError(f"`loss_fn` must be callable, got {type(loss_fn).__name__}")
+    check_loss_fn(loss_fn)
     unknown = [k for k in sections if k not in SECTIONS]
     if unknown: raise ValueError(f"`sections`: unknown {unknown}; choose from {list(SECTIONS)}")
     model = unwrap(model)
     opts = dict(feature_layer=feature_layer, classifier=classifier, hessian_k=hessian_k, trace_tol=trace_tol, density=density,
                 density_iter=density_iter, density_runs=density_runs, landscape_steps=landscape_steps, landscape_span=landscape_span,
                 n_bins=n_bins, ci=ci, n_boot=n_boot, seed=seed)
-    ctx = _Context(model, loss_fn, Batches(data, device=model_device(model)), opts, verbose)
+    ctx = _Context(model, loss_fn, Batches(data, device=model_device(model), model_loss=loss_fn is None), opts, verbose)
     done = {}
     with preserved(model):
         for key in progress(sections, desc='report', verbose=verbose):

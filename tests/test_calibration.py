@@ -57,6 +57,28 @@ def test_torchmetrics_binary(norm):
     assert abs(float(ours) - _direct(f.numpy(), y.double().numpy(), np.arange(11) / 10, norm)) < 1e-12
 
 
+@pytest.mark.parametrize("norm", ["l1", "l2", "max"])
+def test_torchmetrics_token_level_ignore_index(norm):
+    # Next-token logits (B, T, V) with (B, T) labels, -100 at random positions and wherever the top-label confidence
+    # is within 1e-6 of a bin edge. torchmetrics (classes in dim 1, its own ignore_index, fed in two batches) is the
+    # independent reference on the unflattened input; its float32 bins: 1e-5, as above.
+    from torchmetrics.classification import MulticlassCalibrationError
+    g = torch.Generator().manual_seed(10)
+    z = 2.0 * torch.randn(6, 300, 20, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 20, (6, 300), generator=g)
+    c = torch.softmax(z, -1).max(-1).values * 15
+    y[(torch.rand(6, 300, generator=g) < 0.3) | ((c - c.round()).abs() <= 1e-6 * 15)] = -100
+    ours = cal.ece(z, y, n_bins=15, norm=norm, logits=True)
+    metric = MulticlassCalibrationError(num_classes=20, n_bins=15, norm=norm, ignore_index=-100)
+    for b in (slice(0, 2), slice(2, 6)):
+        metric.update(z[b].movedim(-1, 1), y[b])
+    assert abs(float(ours) - float(metric.compute())) < 1e-5
+    keep = y != -100
+    conf, pred = torch.softmax(z[keep], 1).max(1)
+    direct = _direct(conf.numpy(), (pred == y[keep]).double().numpy(), np.arange(16) / 15, norm)
+    assert abs(float(ours) - direct) < 1e-12
+
+
 def test_confidence_one_lands_in_last_bin():
     # torchmetrics issue #3510: a confidence of exactly 1.0 goes to a phantom 16th bin there. Ours: the last bin, closed.
     p = torch.tensor([[1.0, 0.0], [0.97, 0.03], [0.0, 1.0], [0.6, 0.4]], dtype=torch.float64)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
-from .core import Batches, call_model, preserved, eval_semantics, progress, model_device, make_generator
+from .core import Batches, call_model, output_logits, preserved, eval_semantics, progress, model_device, make_generator
 from .kernels import tiled_uniformity
 from .losses import alignment_loss
 
@@ -22,14 +22,36 @@ __all__ = ['features', 'ClassStats', 'class_stats', 'NeuralCollapse', 'neural_co
            'track']
 
 # %% ../nbs/06_geometry.ipynb #3d5fa677
-_POOLS = ('flatten', 'avg', 'max')
+_POOLS = ('flatten', 'avg', 'max', 'tokens', 'mean_tokens', 'last_token')
+_SEQ_POOLS = ('tokens', 'mean_tokens', 'last_token')
 
 def _check_pool(pool):
     if not (callable(pool) or pool in _POOLS): raise ValueError(f"`pool` must be one of {_POOLS} or a callable, got {pool!r}")
 
-def _pool(t:Tensor, pool, name:str) -> Tensor:
-    "Pool one layer's output `t` to `(n, D)`"
+def _compute_dtype(dtype:torch.dtype) -> torch.dtype:
+    "The dtype statistics are computed in: float32 for bfloat16 and float16, else `dtype` itself (float64 stays float64)"
+    return torch.promote_types(dtype, torch.float32)
+
+def _upcast(x:Tensor) -> Tensor: return x.to(_compute_dtype(x.dtype))
+
+def _pool_sequence(t:Tensor, pool:str, name:str, mask:Tensor|None) -> Tensor:
+    "Pool (B, T, ...) `t` over its tokens; `mask` (B, T) or (B, 1) marks the positions kept (None: all)"
+    if t.dim() < 3: raise ValueError(f"`pool`={pool!r} needs (batch, tokens, features) outputs, but layer {name!r} outputs shape {tuple(t.shape)}")
+    B, T = t.shape[:2]
+    if mask is None: mask = torch.ones(B, 1, dtype=torch.bool, device=t.device)
+    if mask.shape[0] != B or mask.shape[1] not in (1, T):
+        raise ValueError(f"`pool`={pool!r}: the attention mask / labels have shape {tuple(mask.shape)}, but layer {name!r} outputs (batch, tokens) = {(B, T)}")
+    m, t = mask.expand(B, T), t.flatten(2)
+    if pool == 'tokens': return t[m]
+    if not m.any(1).all(): raise ValueError(f"`pool`={pool!r}: a sequence of the batch has no token with attention_mask 1")
+    if pool == 'last_token': return t[torch.arange(B, device=t.device), T - 1 - m.flip(1).int().argmax(1)]
+    w = m.to(_compute_dtype(t.dtype))[..., None]
+    return ((t.to(w.dtype) * w).sum(1) / w.sum(1)).to(t.dtype)
+
+def _pool(t:Tensor, pool, name:str, mask:Tensor|None=None) -> Tensor:
+    "Pool one layer's output `t` to `(n, D)` (`mask`: the positions a sequence pool keeps)"
     if callable(pool): t = pool(t)
+    elif pool in _SEQ_POOLS: return _pool_sequence(t, pool, name, mask)
     elif pool != 'flatten':
         if t.dim() < 3: raise ValueError(f"`pool`={pool!r} pools the dimensions after the channel dimension, but layer {name!r} outputs shape {tuple(t.shape)}; use pool='flatten'")
         t = t.flatten(2)
@@ -53,53 +75,106 @@ def _resolve_layers(model:nn.Module, layer) -> dict[str, nn.Module]:
         else: raise TypeError(f"`layer` must be a module name, an nn.Module or a list of them, got {type(it).__name__}")
     return out
 
-def _first_tensor(out, name):
-    if isinstance(out, (tuple, list)) and out: out = out[0]
-    if not isinstance(out, Tensor): raise TypeError(f"`layer` {name!r} returned {type(out).__name__}, not a tensor (or a tuple starting with one)")
-    return out
+def _check_output(output):
+    if output is not None and (not isinstance(output, (int, str)) or isinstance(output, bool)):
+        raise TypeError(f"`output` must be None, an int (tuple index) or a str (key or attribute), got {type(output).__name__}")
+
+def _parts(out) -> str:
+    "What a layer returned, for error messages"
+    if isinstance(out, Mapping): return f"{type(out).__name__} with keys {list(out)}"
+    if isinstance(out, (tuple, list)): return f"{type(out).__name__} of {[type(v).__name__ for v in out]}"
+    return type(out).__name__
+
+def _layer_tensor(out, name:str, output=None) -> Tensor:
+    "The tensor in layer `name`'s output `out`: itself, the element `output` names, or by default the first tensor of a tuple and `last_hidden_state` (else the first tensor) of a ModelOutput"
+    if output is None:
+        if isinstance(out, Tensor): return out
+        lhs = out.get('last_hidden_state') if isinstance(out, Mapping) else getattr(out, 'last_hidden_state', None)
+        vals = [lhs] if isinstance(lhs, Tensor) else (list(out.values()) if isinstance(out, Mapping) else list(out) if isinstance(out, (tuple, list)) else [])
+        t = next((v for v in vals if isinstance(v, Tensor)), None)
+        if t is None: raise TypeError(f"`layer` {name!r} returned {_parts(out)}, with no tensor to take: pass `output=` (an index, key or attribute) to choose one")
+        return t
+    if isinstance(out, Tensor): raise TypeError(f"`output`={output!r} selects a part of a layer's tuple or ModelOutput, but `layer` {name!r} returned a tensor; use output=None")
+    try: t = out[output] if isinstance(out, Mapping) or (isinstance(output, int) and isinstance(out, (tuple, list))) else getattr(out, output)
+    except (KeyError, IndexError, AttributeError, TypeError): t = None
+    if not isinstance(t, Tensor): raise TypeError(f"`output`={output!r} finds no tensor in what `layer` {name!r} returned ({_parts(out)})")
+    return t
 
 # %% ../nbs/06_geometry.ipynb #bbcb6e58
-def _iter_features(model, layer, data, pool='flatten', logits=False, train_mode=False, max_batches=None, verbose=True, desc='features'):
-    "Yield `({name: (n, D)}, labels, logits or None)` for each batch of `data`"
+def _sequence_mask(inputs, targets, pool, ignore_index) -> Tensor|None:
+    "The positions a sequence pool keeps, (B, T) or (B, 1) bool: `attention_mask` != 0 and, for 'tokens', targets != `ignore_index` (None: all)"
+    if pool not in _SEQ_POOLS: return None
+    m = inputs.get('attention_mask') if isinstance(inputs, Mapping) else None
+    m = None if m is None else m.bool()
+    if pool == 'tokens' and isinstance(targets, Tensor) and not targets.is_floating_point():
+        if targets.dim() not in (1, 2): raise ValueError(f"`pool`='tokens' pairs each token with a label, so labels must be (batch,) or (batch, tokens), got {tuple(targets.shape)}")
+        ok = targets != ignore_index
+        ok = ok[:, None] if ok.dim() == 1 else ok
+        if m is not None and ok.shape[1] not in (1, m.shape[1]): raise ValueError(f"`pool`='tokens': labels {tuple(targets.shape)} and attention_mask {tuple(m.shape)} disagree on the number of tokens")
+        m = ok if m is None else m & ok
+    return m
+
+def _token_rows(v:Tensor, keep:Tensor, per_token:bool) -> Tensor:
+    "Rows of `v` at the kept tokens `keep` (B, T): indexed if `v` is per token (B, T, ...), else each sample's row repeated for its tokens"
+    B, T = keep.shape
+    if per_token and v.shape[:2] == (B, T): return v[keep]
+    return v[:, None].expand(B, T, *v.shape[1:])[keep]
+
+def _iter_features(model, layer, data, pool='flatten', logits=False, train_mode=False, max_batches=None, verbose=True, desc='features', output=None):
+    "Yield `({name: (n, D)}, labels, logits or None)` for each batch of `data` (with pool='tokens': one row per kept token)"
     if not isinstance(model, nn.Module): raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
     mods = _resolve_layers(model, layer)
-    _check_pool(pool)
+    _check_pool(pool); _check_output(output)
     batches = Batches(data, device=model_device(model), cache=False, max_batches=max_batches)
-    store = {}
+    store, tokens, mask = {}, {}, [None]
     def make_hook(name):
         def hook(mod, inp, out):
             if name in store: raise RuntimeError(f"`layer` {name!r} ran twice in one forward pass (a shared module); hook a module that runs once")
-            store[name] = _pool(_first_tensor(out, name).detach(), pool, name)
+            t = _layer_tensor(out, name, output).detach()
+            if pool == 'tokens': tokens[name] = t.shape[:2]
+            store[name] = _pool(t, pool, name, mask[0])
         return hook
-    handles = []
+    handles, kept = [], 0
     try:
         with preserved(model), eval_semantics(model, train_mode), torch.no_grad():
             handles = [m.register_forward_hook(make_hook(n)) for n, m in mods.items()]
             for x, y, n in progress(batches, desc=desc, verbose=verbose):
-                store.clear()
+                store.clear(); tokens.clear()
+                mask[0] = _sequence_mask(x, y, pool, batches.ignore_index)
                 out = call_model(model, x)
                 missing = [k for k in mods if k not in store]
                 if missing: raise RuntimeError(f"`layer` {missing} did not run in the forward pass")
-                if logits and not isinstance(out, Tensor): raise TypeError(f"`logits=True` needs the model to return a tensor, got {type(out).__name__}")
-                yield dict(store), y, (out.detach() if logits else None)
+                out = output_logits(out).detach() if logits else None
+                if pool == 'tokens':
+                    shapes = set(tokens.values())
+                    if len(shapes) > 1: raise ValueError(f"`pool`='tokens': the layers output different (batch, tokens) shapes {dict(tokens)}")
+                    B, T = shapes.pop()
+                    keep = torch.ones(B, T, dtype=torch.bool, device=y.device) if mask[0] is None else mask[0].expand(B, T)
+                    if not keep.any(): continue
+                    y = _token_rows(y, keep, y.dim() >= 2)
+                    if out is not None: out = _token_rows(out, keep, out.dim() >= 3)
+                kept += 1
+                yield dict(store), y, out
+        if pool == 'tokens' and not kept: raise ValueError(f"`pool`='tokens' kept no token: every one is padding (attention_mask 0) or labelled `ignore_index`={batches.ignore_index}")
     finally:
         for h in handles: h.remove()
 
 # %% ../nbs/06_geometry.ipynb #1942d329
 def features(model:nn.Module, # the network (left untouched)
              layer, # module name, submodule, or a list of them (then a `{name: tensor}` dict is returned)
-             data, # one `(inputs, labels)` batch or an iterable of them (DataLoader)
-             pool='flatten', # 'flatten', 'avg', 'max' (over dims 2+ of channels-first maps) or a callable
-             logits:bool=False, # also return the model's outputs
+             data, # one `(inputs, labels)` or mapping batch (`{'input_ids', 'attention_mask', 'labels'}`), an iterable of them (DataLoader), or a `Batches`
+             pool='flatten', # 'flatten'; 'avg', 'max' (over dims 2+ of channels-first maps); 'tokens', 'mean_tokens', 'last_token' (sequences); or a callable
+             logits:bool=False, # also return the model's outputs (the logits of a ModelOutput)
              to:torch.device|str|None=None, # where the returned features go (None: the model's device)
              train_mode:bool=False, # run with train-mode semantics (the model's state is still restored)
              max_batches:int|None=None, # use only the first batches of `data`
              verbose:bool=True, # progress bar
+             output:int|str|None=None, # the part of a layer's tuple/ModelOutput to take (None: the first tensor, or `last_hidden_state`)
             ):
     "Features of `layer` on `data` with the labels, as `(feats, labels)` or `(feats, labels, logits)`"
     single = isinstance(layer, (str, nn.Module))
     feats, labels, outs = {}, [], []
-    with contextlib.closing(_iter_features(model, layer, data, pool, logits, train_mode, max_batches, verbose)) as it:
+    with contextlib.closing(_iter_features(model, layer, data, pool, logits, train_mode, max_batches, verbose, output=output)) as it:
         for f, y, o in it:
             for k, v in f.items(): feats.setdefault(k, []).append(v.to(to) if to is not None else v)
             labels.append(y.to(to) if to is not None else y)
@@ -110,11 +185,12 @@ def features(model:nn.Module, # the network (left untouched)
 
 # %% ../nbs/06_geometry.ipynb #6ef02db0
 def _check_feats(x, name='feats'):
-    "Check `x` is a finite floating (n, d) tensor (one reduction; the element-wise test only if the sum is not finite)"
+    "Check `x` is a finite floating (n, d) tensor and return it in the computation dtype (at least float32; one reduction, the element-wise test only if the sum is not finite)"
     if not isinstance(x, Tensor): raise TypeError(f"`{name}` must be a tensor, got {type(x).__name__}")
     if x.dim() != 2: raise ValueError(f"`{name}` must have shape (n, d), got {tuple(x.shape)}")
     if not x.is_floating_point(): raise TypeError(f"`{name}` must be floating point, got {x.dtype}")
     if x.shape[0] == 0: raise ValueError(f"`{name}` has no rows")
+    x = _upcast(x)
     if not (torch.isfinite(x.sum()) or torch.isfinite(x).all()): raise ValueError(f"`{name}` contains NaN or infinite values")
     return x
 
@@ -129,9 +205,9 @@ def _check_labels(y, n, name='labels'):
 class ClassStats:
     "Streaming per-class counts and means, pooled within-class scatter and per-class spread, merged with Chan et al.'s update"
     def __init__(self, num_classes:int|None=None, # fix the number of classes (None: grows with the labels seen)
-                 dtype:torch.dtype|None=None, # accumulation dtype (None: that of the first features)
+                 dtype:torch.dtype|None=None, # accumulation dtype, at least float32 (None: that of the first features, at least float32)
                 ):
-        self.fixed_classes, self.dtype = num_classes, dtype
+        self.fixed_classes, self.dtype = num_classes, None if dtype is None else _compute_dtype(dtype)
         self.counts = self.means = self.scatter = self.sq = None
 
     @property
@@ -224,13 +300,15 @@ def class_stats(model:nn.Module, # the network (left untouched)
                 layer, # module name, submodule, or a list of them (then a `{name: ClassStats}` dict)
                 data, # one `(inputs, labels)` batch or an iterable of them
                 pool='flatten', # as in `features`
-                dtype:torch.dtype|None=None, # accumulation dtype (None: that of the features)
+                dtype:torch.dtype|None=None, # accumulation dtype (None: that of the features, at least float32)
                 num_classes:int|None=None, # fix the number of classes
-                train_mode:bool=False, max_batches:int|None=None, verbose:bool=True):
+                train_mode:bool=False, max_batches:int|None=None, verbose:bool=True,
+                output:int|str|None=None, # as in `features`
+               ):
     "One streaming pass of `model` over `data` into a `ClassStats` per layer"
     single = isinstance(layer, (str, nn.Module))
     acc = {}
-    with contextlib.closing(_iter_features(model, layer, data, pool, False, train_mode, max_batches, verbose, desc='class stats')) as it:
+    with contextlib.closing(_iter_features(model, layer, data, pool, False, train_mode, max_batches, verbose, desc='class stats', output=output)) as it:
         for f, y, _ in it:
             for k, v in f.items(): acc.setdefault(k, ClassStats(num_classes, dtype)).update(v, y)
     return next(iter(acc.values())) if single else acc
@@ -329,6 +407,7 @@ def _classifier(classifier, bias, C, d):
 
 def _ncc(H, means):
     "Index of the nearest class mean for each row of `H`"
+    means = _upcast(means)
     return (means.pow(2).sum(1) - 2 * H.to(means.dtype) @ means.T).argmin(1)
 
 # %% ../nbs/06_geometry.ipynb #ab5e9071
@@ -398,12 +477,14 @@ def ncc_agreement(model:nn.Module, # the network (left untouched); its outputs a
                   layer, # one module name or submodule (the penultimate layer)
                   data, # the same data as the first pass
                   means, # (C, d) class means, or the `ClassStats` of a first pass
-                  pool='flatten', train_mode:bool=False, max_batches:int|None=None, verbose:bool=True) -> float:
+                  pool='flatten', train_mode:bool=False, max_batches:int|None=None, verbose:bool=True,
+                  output:int|str|None=None, # as in `features`
+                 ) -> float:
     "NC4 in a second streaming pass: fraction of samples whose nearest class mean is the network's prediction"
     if not isinstance(layer, (str, nn.Module)): raise TypeError("`layer` must be one module name or module")
     if isinstance(means, ClassStats): means = means.means
     agree = total = 0
-    with contextlib.closing(_iter_features(model, layer, data, pool, True, train_mode, max_batches, verbose, desc='NC4')) as it:
+    with contextlib.closing(_iter_features(model, layer, data, pool, True, train_mode, max_batches, verbose, desc='NC4', output=output)) as it:
         for f, _, out in it:
             h = next(iter(f.values()))
             if out.shape != (len(h), len(means)): raise ValueError(f"`model` outputs shape {tuple(out.shape)}, expected (batch, C) = ({len(h)}, {len(means)}) logits")
@@ -483,7 +564,7 @@ def alignment(x:Tensor, # (N, d) embeddings of the first views
               normalize:bool|None=None, # None: require unit rows; True: normalise first; False: raw vectors
              ) -> Tensor:
     "Alignment $E\\|x_i - y_i\\|^\\alpha$ of positive pairs (Wang & Isola 2020), differentiable"
-    _check_feats(x, 'x'); _check_feats(y, 'y')
+    x, y = _check_feats(x, 'x'), _check_feats(y, 'y')
     if x.shape != y.shape: raise ValueError(f"`x` and `y` must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if alpha <= 0: raise ValueError(f"`alpha` must be positive, got {alpha}")
     x, y = _sphere(x, normalize, 'x'), _sphere(y, normalize, 'y')
@@ -496,7 +577,7 @@ def uniformity(x:Tensor, # (N, d) embeddings, N >= 2
                tile:int|None=None, # tile side (None: `lossviz.kernels`' default for the device)
               ) -> Tensor:
     "Uniformity $\\log \\operatorname{mean}_{i<j} e^{-t\\|x_i-x_j\\|^2}$ (Wang & Isola 2020), tiled and differentiable without the N x N matrix"
-    _check_feats(x, 'x')
+    x = _check_feats(x, 'x')
     if len(x) < 2: raise ValueError("`x` needs at least 2 rows")
     if t <= 0: raise ValueError(f"`t` must be positive, got {t}")
     if tile is not None and tile < 1: raise ValueError(f"`tile` must be positive, got {tile}")
@@ -560,7 +641,7 @@ def spectrum(z, # (N, d) features, or a `ClassStats` (streamed second moments)
         z._nonempty()
         n, S = z.n, z.covariance(center)
     else:
-        _check_feats(z, 'z')
+        z = _check_feats(z, 'z')
         n = len(z)
         if gram is None: gram = n > 4 * z.shape[1]
         if not gram: return Spectrum(torch.linalg.svdvals(z - z.mean(0) if center else z), n, center)
@@ -591,7 +672,7 @@ def diffusion_spectral_entropy(z:Tensor, # (N, d) features
                                seed:int=0, # seed of the sub-sampling
                               ) -> float:
     "Diffusion spectral entropy in bits (Liao et al. 2023) of the rows of `z`"
-    _check_feats(z, 'z')
+    z = _check_feats(z, 'z')
     if sigma <= 0: raise ValueError(f"`sigma` must be positive, got {sigma}")
     if t < 1: raise ValueError(f"`t` must be a positive integer, got {t}")
     if len(z) < 3: raise ValueError("`z` needs at least 3 rows")
@@ -612,10 +693,12 @@ class Tracker:
                  classifier=None, # nn.Linear or its name in `model` (the last layer), for NC2-W, NC3, NC4
                  every:int=1, # record on steps that are multiples of `every`
                  stream:bool=False, # accumulate ClassStats instead of holding the features (NC4 then takes a second pass)
-                 pool='flatten', global_mean:str='samples', pinv:str='full'):
+                 pool='flatten', global_mean:str='samples', pinv:str='full',
+                 output:int|str|None=None, # the part of the layer's tuple/ModelOutput, as in `features`
+                ):
         if not isinstance(layer, (str, nn.Module)): raise TypeError("`layer` must be one module name or module")
         if int(every) < 1: raise ValueError(f"`every` must be a positive integer, got {every}")
-        self.model, self.layer, self.data, self.every, self.stream, self.pool = model, layer, data, int(every), stream, pool
+        self.model, self.layer, self.data, self.every, self.stream, self.pool, self.output = model, layer, data, int(every), stream, pool, output
         self.classifier = None if classifier is None else next(iter(_resolve_layers(model, classifier).values()))
         if self.classifier is not None and not isinstance(self.classifier, nn.Linear): raise TypeError(f"`classifier` must be an nn.Linear, got {type(self.classifier).__name__}")
         self.conventions = dict(global_mean=global_mean, pinv=pinv)
@@ -625,11 +708,11 @@ class Tracker:
         "Record the metrics if `step` is a multiple of `every`; return the record (None when skipped)"
         if step % self.every: return None
         if self.stream:
-            z = class_stats(self.model, self.layer, self.data, self.pool, verbose=False)
+            z = class_stats(self.model, self.layer, self.data, self.pool, verbose=False, output=self.output)
             nc = neural_collapse(z, classifier=self.classifier, **self.conventions)
-            nc.ncc_agreement = ncc_agreement(self.model, self.layer, self.data, z, self.pool, verbose=False)
+            nc.ncc_agreement = ncc_agreement(self.model, self.layer, self.data, z, self.pool, verbose=False, output=self.output)
         else:
-            z, y, out = features(self.model, self.layer, self.data, self.pool, logits=True, verbose=False)
+            z, y, out = features(self.model, self.layer, self.data, self.pool, logits=True, verbose=False, output=self.output)
             nc = neural_collapse(z, y, classifier=self.classifier, logits=out if out.dim() == 2 and out.shape[1] == int(y.max()) + 1 else None, **self.conventions)
         sp = spectrum(z)
         rec = dict(step=step, **{k: v for k, v in nc.to_dict().items() if k in _NC_SCALARS}, rankme=sp.rankme(),

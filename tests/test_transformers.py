@@ -254,3 +254,18 @@ def test_token_ece_on_gpt2_logits():
     keep = y != -100
     got = lv.calibration.ece(z, y, logits=True)
     torch.testing.assert_close(got, lv.calibration.ece(z[keep], y[keep], logits=True), rtol=0, atol=0)
+
+
+def test_interpolation_curve_and_barrier_with_the_models_own_loss():
+    a, b, loader = gpt2(seed=0), gpt2(seed=1), lm_loader()
+    snaps = snapshot(a), snapshot(b)
+    path = lv.landscape.interpolate(a, b, None, loader, steps=5, verbose=False)
+    ends = [float(own_loss_of(loader)(m).detach()) for m in (a, b)]
+    # float32 forward passes of the same weights (alpha 0 and 1 are exact combinations): 1e-6 relative
+    np.testing.assert_allclose(path.values["loss"][[0, -1]].numpy(), ends, rtol=1e-6)
+    barrier = lv.landscape.loss_barrier(path)
+    assert np.isfinite(barrier.value) and (barrier.start, barrier.end) == tuple(float(v) for v in path.values["loss"][[0, -1]])
+    curve = lv.landscape.fit_curve(a, b, None, loader, epochs=1, verbose=False)
+    along = curve.evaluate(a, None, loader, steps=3, verbose=False)
+    np.testing.assert_allclose(along.values["loss"][[0, -1]].numpy(), ends, rtol=1e-6)
+    for m, s in zip((a, b), snaps): assert_unchanged(m, s)

@@ -6,7 +6,8 @@ Docs: https://lossviz.github.io/lossviz/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #eaaa847d
 from __future__ import annotations
-import contextlib, dataclasses, fnmatch, numbers, os, re
+import contextlib, dataclasses, fnmatch, numbers, os, random, re
+import numpy as np
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 import torch
@@ -17,11 +18,11 @@ from torch.utils._pytree import tree_map, tree_leaves
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'dist_info', 'progress', 'make_generator', 'preserved', 'select_params', 'ParamSpec', 'to_device',
-           'call_model', 'batch_size', 'is_batch', 'Batches', 'all_reduce_sum', 'unwrap', 'model_device', 'synchronize',
-           'eval_semantics', 'check_loss_fn', 'model_loss', 'compute_loss', 'output_logits', 'split_outputs',
-           'FunctionalLoss', 'check_scalar_loss', 'calls_attention', 'math_attention', 'torch_limitation',
-           'default_budget', 'chunk_count']
+__all__ = ['WEIGHTINGS', 'dist_info', 'progress', 'make_generator', 'preserved', 'unwrap', 'canonical_names', 'select_params',
+           'ParamSpec', 'to_device', 'call_model', 'batch_size', 'is_batch', 'Batches', 'all_reduce_sum',
+           'model_device', 'synchronize', 'has_random_layers', 'eval_semantics', 'check_loss_fn', 'model_loss',
+           'compute_loss', 'upcast_outputs', 'output_logits', 'split_outputs', 'FunctionalLoss', 'check_scalar_loss',
+           'calls_attention', 'math_attention', 'torch_limitation', 'default_budget', 'available_memory', 'chunk_count']
 
 # %% ../nbs/00_core.ipynb #61bf1d69
 def dist_info() -> tuple[int, int]:
@@ -89,14 +90,52 @@ def _put_back(t, v):
     elif not torch.equal(t, v): t.copy_(v)
 
 # %% ../nbs/00_core.ipynb #8ae18253
+def _rng_states():
+    "The global random states: torch's (CPU, and every CUDA device once CUDA is initialised), Python's `random`, NumPy's"
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
+
+def _set_rng_states(states):
+    cpu, cuda, py, npy = states
+    torch.set_rng_state(cpu)
+    if cuda is not None: torch.cuda.set_rng_state_all(cuda)
+    random.setstate(py); np.random.set_state(npy)
+
 @contextlib.contextmanager
 def preserved(model:nn.Module, # the model to restore on exit
              ):
-    "Context manager that restores `model`'s parameters, buffers, modes, `requires_grad` and grads bit for bit on exit, also after an exception"
+    "Context manager that restores `model`'s parameters, buffers, modes, `requires_grad` and grads bit for bit on exit, and the global random states, also after an exception"
     if not isinstance(model, nn.Module): raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
-    states, values = _snapshot(model)
+    states, values, rng = *_snapshot(model), _rng_states()
     try: yield model
-    finally: _restore(states, values)
+    finally: _restore(states, values); _set_rng_states(rng)
+
+# %% ../nbs/00_core.ipynb #840c4ca7
+def _inner(m:nn.Module) -> nn.Module|None:
+    "The module a wrapper holds (DistributedDataParallel, DataParallel, `torch.compile`'s OptimizedModule), None for any other module"
+    if isinstance(m, (nn.parallel.DistributedDataParallel, nn.DataParallel)): return m.module
+    orig = getattr(m, '_orig_mod', None)
+    return orig if type(m).__name__ == 'OptimizedModule' and isinstance(orig, nn.Module) else None
+
+def unwrap(model:nn.Module, # a model, possibly wrapped in DistributedDataParallel, DataParallel or `torch.compile`, in any nesting
+          ) -> nn.Module:
+    "The module inside the wrappers (which are left as they are): what lossviz evaluates, by `functional_call`, and whose parameter names it uses"
+    if not isinstance(model, nn.Module): raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
+    while (inner := _inner(model)) is not None: model = inner
+    return model
+
+_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+
+def canonical_names(d:Mapping, # `{name: value}` named by a model or by one of its wrappers (`module.`, `_orig_mod.` prefixes)
+                    names, # the names of the unwrapped model
+                   ) -> dict:
+    "`d` with each key that is not in `names` renamed by stripping wrapper prefixes, where that makes it one of `names`"
+    known, out = set(names), {}
+    for k, v in d.items():
+        c = k
+        while c not in known and c.startswith(_WRAPPER_PREFIXES): c = c.split('.', 1)[1]
+        out[c if c in known else k] = v
+    return out
 
 # %% ../nbs/00_core.ipynb #c441fc4d
 def _module_names(model, mods):
@@ -107,7 +146,8 @@ def _module_names(model, mods):
 def select_params(model:nn.Module, # the model whose parameters are selected
                   params=None, # None: all with `requires_grad`; a name/glob, a submodule, or a list of them
                  ) -> dict[str, nn.Parameter]:
-    "The chosen parameters of `model` as an ordered `{name: parameter}` dict (order of `model.named_parameters()`)"
+    "The chosen parameters of `model` (unwrapped) as an ordered `{name: parameter}` dict (order of `named_parameters()`)"
+    model = unwrap(model)
     named = dict(model.named_parameters())
     if params is None:
         out = {n: p for n, p in named.items() if p.requires_grad}
@@ -120,6 +160,7 @@ def select_params(model:nn.Module, # the model whose parameters are selected
             found = _module_names(model, [it])
             if not found: raise ValueError(f"`params`: module {type(it).__name__} has no parameters in `model`")
         elif isinstance(it, str):
+            it = next(iter(canonical_names({it: None}, named)))   # a name written with a wrapper's prefix
             found = {n for n in named if n == it or fnmatch.fnmatchcase(n, it)}
             if not found: raise ValueError(f"`params`: {it!r} matches no parameter of `model`; names are e.g. {list(named)[:5]}")
         else: raise TypeError(f"`params` items must be names, glob patterns or nn.Modules, got {type(it).__name__}")
@@ -321,13 +362,6 @@ def all_reduce_sum(tree, # nested structure whose tensors are summed over the ra
     return tree, int(cnt) if isinstance(n, int) else float(cnt)
 
 # %% ../nbs/00_core.ipynb #1e8cb55d
-def unwrap(model:nn.Module, # a model, possibly wrapped in DistributedDataParallel or DataParallel
-          ) -> nn.Module:
-    "The module inside a `DistributedDataParallel`/`DataParallel` wrapper (the wrapper itself is left as it is)"
-    if not isinstance(model, nn.Module): raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
-    return model
-
 def model_device(model:nn.Module) -> torch.device:
     "Device of `model`'s first parameter or buffer (CPU for a model with neither)"
     for t in [*model.parameters(), *model.buffers()]: return t.device
@@ -336,6 +370,12 @@ def model_device(model:nn.Module) -> torch.device:
 def synchronize(device:torch.device):
     "Wait for the work queued on a CUDA `device`, so that wall-clock timings measure the work and not its launch (no-op elsewhere)"
     if device.type == 'cuda': torch.cuda.synchronize(device)
+
+def has_random_layers(model:nn.Module, # the model, evaluated in train mode
+                     ) -> bool:
+    "Whether `model` has layers that draw random numbers in train mode: Dropout of any kind with p > 0, `nn.MultiheadAttention` with dropout"
+    return any((isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0) or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)
+               for m in model.modules())
 
 @contextlib.contextmanager
 def eval_semantics(model:nn.Module, # model whose submodules' `training` flags are set for the duration
@@ -368,8 +408,18 @@ def model_loss(outputs, # what the model returned
 
 def compute_loss(loss_fn, # `loss_fn(outputs, targets)`, or None for the model's own loss
                  outputs, targets) -> Tensor:
-    "The scalar loss of one batch, by `loss_fn` or (for None) the model's own"
-    return check_scalar_loss(model_loss(outputs) if loss_fn is None else loss_fn(outputs, targets))
+    "The scalar loss of one batch, by `loss_fn` or (for None) the model's own; float32 at least, so that means over batches are not rounded to half precision"
+    loss = check_scalar_loss(model_loss(outputs) if loss_fn is None else loss_fn(outputs, targets))
+    return loss.float() if loss.dtype in _HALF else loss
+
+_HALF = (torch.float16, torch.bfloat16)
+
+def upcast_outputs(outputs, # a model's outputs (see `split_outputs`)
+                  ):
+    "`outputs` with their float16/bfloat16 tensors in float32 (parts that are no tensors dropped), for losses and metrics reduced in float32"
+    ts, rebuild = split_outputs(outputs)
+    if not any(t.dtype in _HALF for t in ts): return outputs
+    return rebuild([t.float() if t.dtype in _HALF else t for t in ts])
 
 def output_logits(outputs, # a tensor, a `ModelOutput`/mapping with 'logits', or a tuple whose first element is the logits
                  ) -> Tensor:
@@ -505,6 +555,14 @@ def default_budget(device:torch.device|str='cpu') -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
     return 1 << 30
+
+def available_memory(device:torch.device|str='cpu') -> int|None:
+    "Bytes new tensors on `device` can take now: CUDA's free memory, or the system's available memory (Linux's MemAvailable; None where unknown)"
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open('/proc/meminfo') as f: return next(int(l.split()[1]) * 1024 for l in f if l.startswith('MemAvailable:'))
+    except (OSError, StopIteration, ValueError): return None
 
 def chunk_count(n_items:int, # how many items must be processed
                 bytes_per_item:int, # estimated memory one item needs

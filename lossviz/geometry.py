@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
-from .core import Batches, call_model, output_logits, preserved, eval_semantics, progress, model_device, make_generator
+from .core import (Batches, call_model, output_logits, preserved, eval_semantics, progress, model_device, make_generator,
+                          unwrap, canonical_names)
 from .kernels import tiled_uniformity
 from .losses import alignment_loss
 
@@ -59,7 +60,8 @@ def _pool(t:Tensor, pool, name:str, mask:Tensor|None=None) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 def _resolve_layers(model:nn.Module, layer) -> dict[str, nn.Module]:
-    "`{name: submodule}` for `layer`: a name, a submodule, or a list of them"
+    "`{name: submodule}` of the unwrapped `model` for `layer`: a name (the plain model's, or a wrapper's), a submodule, or a list of them"
+    model = unwrap(model)
     items = [layer] if isinstance(layer, (str, nn.Module)) else list(layer)
     if not items: raise ValueError("`layer` is empty: pass a module name, a submodule, or a list of them")
     named = dict(model.named_modules())
@@ -67,6 +69,7 @@ def _resolve_layers(model:nn.Module, layer) -> dict[str, nn.Module]:
     out = {}
     for it in items:
         if isinstance(it, str):
+            it = next(iter(canonical_names({it: None}, named)))   # e.g. 'module.features.9' of a DataParallel model
             if it not in named: raise ValueError(f"`layer`: {it!r} is not a submodule of `model`; names are e.g. {[n for n in named if n][:8]}")
             out[it] = named[it]
         elif isinstance(it, nn.Module):
@@ -123,6 +126,7 @@ def _token_rows(v:Tensor, keep:Tensor, per_token:bool) -> Tensor:
 def _iter_features(model, layer, data, pool='flatten', logits=False, train_mode=False, max_batches=None, verbose=True, desc='features', output=None):
     "Yield `({name: (n, D)}, labels, logits or None)` for each batch of `data` (with pool='tokens': one row per kept token)"
     if not isinstance(model, nn.Module): raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
+    model = unwrap(model)   # the module inside DataParallel, DDP or torch.compile runs, as in every other analysis
     mods = _resolve_layers(model, layer)
     _check_pool(pool); _check_output(output)
     batches = Batches(data, device=model_device(model), cache=False, max_batches=max_batches)

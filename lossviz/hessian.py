@@ -15,11 +15,11 @@ from torch.utils._pytree import tree_map, tree_leaves
 from fastcore.basics import patch
 from .core import (FunctionalLoss, ParamSpec, select_params, preserved, progress, make_generator, batch_size, chunk_count,
                           default_budget, call_model, synchronize, check_scalar_loss, split_outputs, calls_attention,
-                          math_attention, torch_limitation)
+                          math_attention, torch_limitation, has_random_layers, available_memory)
 
 # %% auto #0
-__all__ = ['CURVATURES', 'METHODS', 'LINEARIZE_AFTER', 'WHICH', 'Hessian', 'lanczos', 'EigenResult', 'TraceResult', 'hutchpp',
-           'xtrace', 'DensityResult', 'slq', 'BlockResult', 'eigenvalues', 'trace', 'density']
+__all__ = ['CURVATURES', 'METHODS', 'LINEARIZE_AFTER', 'WHICH', 'Hessian', 'basis_size', 'lanczos', 'EigenResult', 'TraceResult',
+           'hutchpp', 'xtrace', 'DensityResult', 'slq', 'BlockResult', 'eigenvalues', 'trace', 'density']
 
 # %% ../nbs/03_hessian.ipynb #fd714ba5
 CURVATURES = ('hessian', 'ggn', 'empirical_fisher')
@@ -50,7 +50,8 @@ class Hessian:
                  data, # one batch (`(inputs, targets)` or a mapping such as `{"input_ids", "labels"}`) or an iterable of them (DataLoader), or a `core.Batches`
                  params=None, # None: all trainable parameters; or names/globs/submodules (see `core.select_params`)
                  curvature:str='hessian', # "hessian", "ggn" (generalised Gauss-Newton) or "empirical_fisher"
-                 train_mode:bool=False, # evaluate with batch statistics (running stats are never written)
+                 train_mode:bool=False, # train-mode semantics: BatchNorm batch statistics (running stats never written), Dropout active
+                 seed:int|None=None, # train mode: seed of the random layers' draws, so that every product of a batch uses the same Dropout masks (None: fresh masks, warned)
                  method:str='auto', # "auto" (timed); "linearize", "jvp", "double_backward" or "vjp"; for the GGN and empirical Fisher "jvp" (torch.func) or "double_backward" (torch.autograd)
                  batched:bool|None=None, # vmap stacks of vectors (True), loop (False), or decide by timing (None)
                  chunk_size:int|None=None, # vectors per vmapped call (None: fit `budget`)
@@ -68,18 +69,23 @@ class Hessian:
         if curvature == 'ggn' and loss_fn is None:
             raise ValueError("curvature='ggn' needs a `loss_fn(outputs, targets)`: the GGN separates the loss from the network, which the model's own loss (`loss_fn=None`) does not allow")
         self.fl = FunctionalLoss(model, loss_fn, data, params=params, train_mode=train_mode, cache=cache)
+        self.seed, self._random = seed, train_mode and has_random_layers(self.fl.model)
+        if self._random and seed is None:
+            warnings.warn("train_mode=True on a model with random layers (Dropout): every product draws new masks, so the products are of no fixed matrix "
+                          "and Lanczos, Hutch++ and SLQ estimate nothing definite; pass `seed=` to use the same masks for every product of a batch")
         self.spec, self.P = self.fl.spec, self.fl.spec.size
         self.curvature, self.method, self.batched, self.chunk_size = curvature, method, batched, chunk_size
         self.budget, self.cache, self.verbose = budget, cache, verbose
         self.dtype, self.device = torch.promote_types(self.spec.dtype, torch.float32), self.spec.device   # vectors: float32 at least (bf16 models too)
         self.n_matvecs, self.timings = 0, {'setup': 0.0}
-        self._kernel, self._setups, self._chunk, self._batched_arg, self._switch_checked = None, {}, None, batched, False
+        self._kernel, self._setups, self._chunk, self._batched_arg, self._switch_checked, self._batch = None, {}, None, batched, False, 0
         with preserved(model): self.loss, seen = calls_attention(self._checked_loss)
         self.meta = {'attention': 'math'} if seen else {}   # then scaled-dot-product attention runs the math kernel in every product
 
     def _checked_loss(self) -> float:
         "Full-data loss at the current parameters, raising if any batch gives a non-finite loss"
         def f(i, x, y):
+            self._fix_draws(i)
             l = self.fl.batch_loss(self.fl.params, x, y)
             if not torch.isfinite(l): raise ValueError(f"`loss_fn` returned a non-finite loss ({l.item()}) on batch {i} of `data`")
             return l
@@ -93,9 +99,18 @@ class Hessian:
 # %% ../nbs/03_hessian.ipynb #1f62bbee
 @patch
 def _map(self:Hessian, fn, V:Tensor, batched:bool) -> Tensor:
-    "Apply `fn` (tangent dict -> tangent dict) to each row of `V` (k, P), vmapped or looped"
-    if batched: return self.spec.flatten(vmap(fn)(self.spec.unflatten(V)))
-    return torch.stack([self.spec.flatten(fn(self.spec.unflatten(v))) for v in V])
+    "Apply `fn` (tangent dict -> tangent dict) to each row of `V` (k, P), vmapped or looped; with `seed`, every row sees the same random draws"
+    fixed = self._random and self.seed is not None
+    if batched: f = vmap(fn, randomness='same' if fixed else 'error')   # 'same': one draw of masks serves every row, as in the loop
+    def one(v):
+        self._fix_draws(self._batch)
+        return self.spec.flatten(f(v) if batched else fn(v))
+    return one(self.spec.unflatten(V)) if batched else torch.stack([one(self.spec.unflatten(v)) for v in V])
+
+@patch
+def _fix_draws(self:Hessian, i:int):
+    "With `seed` in train mode, restart the global generator at a state of batch `i`'s own, so that each of its products draws the same Dropout masks (the caller restores the user's state)"
+    if self._random and self.seed is not None: torch.manual_seed(self.seed * 1_000_003 + i)
 
 @patch
 def _grad_fn(self:Hessian, x, y):
@@ -323,6 +338,8 @@ def _stacked(self:Hessian, i, x, y, V):
 
 @patch
 def _batch_product(self:Hessian, i, x, y, V):
+    self._batch = i
+    self._fix_draws(i)
     if self._kernel is None or (self.method == 'auto' and self.curvature == 'hessian' and self.cache and not self._switch_checked
                                 and self.n_matvecs >= LINEARIZE_AFTER):
         first = self._first_product(i, x, y, V[:1]) if self._kernel is None else self._maybe_switch(i, x, y, V[:1])
@@ -413,6 +430,10 @@ def _converged(L:_Lanczos, theta:Tensor, S:Tensor, R:Tensor, b:int, which:str, k
     return idx, res, res <= tol * torch.maximum(theta[idx].abs(), floor)
 
 # %% ../nbs/03_hessian.ipynb #6807e06a
+def basis_size(k:int, P:int, ncv:int|None=None, block_size:int=1) -> int:
+    "Vectors the Lanczos basis holds before a restart: `ncv`, by default max(2k + 2 block_size - 1, 40), at most P"
+    return min(P, ncv or max(2 * k + 2 * block_size - 1, 40))
+
 def lanczos(matvec, # maps a stack (k, P) to the curvature times it
             P:int, dtype:torch.dtype, device:torch.device|str, # size, dtype and device of the vectors
             k:int=3, # number of eigenpairs
@@ -432,7 +453,7 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it
     if max_matvecs is not None and max_matvecs < 1: raise ValueError(f"`max_matvecs` must be positive, got {max_matvecs}")
     if not isinstance(block_size, int) or not 1 <= block_size <= P: raise ValueError(f"`block_size` must be an integer from 1 to P={P}, got {block_size!r}")
     b = block_size
-    ncv = min(P, ncv or max(2 * k + 2 * b - 1, 40))
+    ncv = basis_size(k, P, ncv, b)
     if ncv < k + 2 * b - 1 and ncv < P: raise ValueError(f"`ncv`={ncv} must be at least `k` + 2 `block_size` - 1 = {k + 2 * b - 1}")
     max_matvecs = max_matvecs or max(300, 30 * k)
     g = make_generator(seed, device)
@@ -544,6 +565,7 @@ def eigenvalues(self:Hessian, k:int=3, # number of eigenpairs
                 block_size:int=1, # vectors per Lanczos step: finds eigenvalues repeated up to `block_size` times
                ) -> EigenResult:
     "Top-`k` eigenpairs by Lanczos; warns if the budget ran out before every pair converged"
+    self._check_memory(basis_size(k, self.P, ncv, block_size) + 4 * block_size, 'eigenvalues', '`ncv` (the basis size)')
     with preserved(self.fl.model):
         vals, vecs, res, conv, n = lanczos(self._matvec, self.P, self.dtype, self.device, k=k, which=which, tol=tol,
                                            max_matvecs=max_matvecs, ncv=ncv, seed=seed, verbose=self.verbose, block_size=block_size)
@@ -551,6 +573,15 @@ def eigenvalues(self:Hessian, k:int=3, # number of eigenpairs
         warnings.warn(f"Lanczos: only {int(conv.sum())} of {k} eigenpairs converged to `tol`={tol:g} in {n} products "
                       f"(largest residual {float(res.max()):.3g}); raise `max_matvecs` or `ncv`, or loosen `tol`")
     return self._result(EigenResult(vals, vecs, res, conv, n, which, tol, self.spec))
+
+@patch
+def _check_memory(self:Hessian, n_vectors:int, what:str, change:str):
+    "Before a long computation: raise a MemoryError naming `change` if `n_vectors` vectors of P entries and the products' copies of the parameters exceed `budget` (or, without one, the free memory)"
+    need = (n_vectors * self.dtype.itemsize + 4 * self.spec.dtype.itemsize) * self.P
+    limit, of = (self.budget, '`budget`') if self.budget is not None else (available_memory(self.device), 'free memory')
+    if limit is not None and need > limit:
+        raise MemoryError(f"`{what}` needs about {need / 2**30:.3g} GiB for {n_vectors} vectors of P={self.P:,} entries ({self.dtype}) and the "
+                          f"products' copies of the parameters, more than the {of} ({limit / 2**30:.3g} GiB); lower {change}")
 
 @patch
 def _result(self:Hessian, r):
@@ -666,6 +697,8 @@ def trace(self:Hessian, tol:float|None=1e-2, # target relative standard error (N
           seed:int|None=0) -> TraceResult:
     "Trace of the curvature by Hutch++ (default), Hutchinson or XTrace, to a relative standard error `tol`"
     if method not in ('hutch++', 'hutchinson', 'xtrace'): raise ValueError(f"`method` must be 'hutch++', 'hutchinson' or 'xtrace', got {method!r}")
+    if method == 'xtrace': self._check_memory(2 * max_matvecs, 'trace', '`max_matvecs` (XTrace keeps every probe and its product)')
+    else: self._check_memory(5 * min(self.P, sketch or 2 * block) * (method == 'hutch++') + 2 * block, 'trace', '`block` (and `sketch`)')
     with preserved(self.fl.model):
         if method == 'xtrace': return self._result(xtrace(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, block, seed, self.verbose))
         return self._result(hutchpp(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, method, sketch, block, seed, self.verbose))
@@ -755,6 +788,7 @@ def density(self:Hessian, n_iter:int=80, # Lanczos steps per run
             n_runs:int=8, # independent runs (batched together)
             seed:int|None=0) -> DensityResult:
     "Spectral density by stochastic Lanczos quadrature"
+    self._check_memory(n_runs * (min(n_iter, self.P) + 5), 'density', '`n_runs` or `n_iter` (SLQ keeps n_runs x n_iter vectors)')
     with preserved(self.fl.model):
         return self._result(slq(self._matvec, self.P, self.dtype, self.device, n_iter, n_runs, seed, self.verbose))
 
@@ -832,6 +866,7 @@ _OPERATOR_ARGS = ('params', 'curvature', 'train_mode', 'method', 'batched', 'chu
 
 def _one_call(name, model, loss_fn, data, kwargs):
     op = {k: kwargs.pop(k) for k in _OPERATOR_ARGS if k in kwargs}
+    if 'seed' in kwargs: op['seed'] = kwargs['seed']   # one seed fixes the start vectors and, in train mode, the Dropout masks
     return getattr(Hessian(model, loss_fn, data, **op), name)(**kwargs)
 
 def eigenvalues(model:nn.Module, loss_fn, data, k:int=3, **kwargs) -> EigenResult:

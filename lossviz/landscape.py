@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastcore.basics import patch
 from .core import (progress, make_generator, select_params, ParamSpec, Batches, model_device, eval_semantics,
                           chunk_count, default_budget, FunctionalLoss, dist_info, all_reduce_sum, call_model, synchronize,
-                          check_loss_fn, compute_loss, output_logits, math_attention)
+                          check_loss_fn, compute_loss, output_logits, math_attention, unwrap, canonical_names, upcast_outputs)
 from .distributed import shard as shard_range, gather_blocks
 
 # %% auto #0
@@ -40,11 +40,12 @@ def as_direction(d, # a `{name: tensor}` dict or a flat `(P,)` tensor
                  spec:ParamSpec, # the parameters the direction must match
                  where:str='direction', # argument name used in error messages
                 ) -> Tensor:
-    "`d` as a flat `(P,)` vector in `spec`'s dtype and device, after checking its names and shapes"
+    "`d` as a flat `(P,)` vector on `spec`'s device, in its dtype (float32 for half-precision parameters), after checking its names and shapes"
     if isinstance(d, Tensor):
         if d.shape != (spec.size,): raise ValueError(f"`{where}`: a flat direction must have shape ({spec.size},), got {tuple(d.shape)}")
         flat = d
     elif isinstance(d, Mapping):
+        d = canonical_names(d, spec.names)   # written with a wrapper's names (`module.`, `_orig_mod.`) is fine
         missing, extra = [n for n in spec.names if n not in d], [n for n in d if n not in spec.names]
         if missing or extra: raise ValueError(f"`{where}` does not match the model's parameters: missing {missing[:4]}, unexpected {extra[:4]}")
         bad = [(n, tuple(d[n].shape), s) for n, s in zip(spec.names, spec.shapes) if tuple(d[n].shape) != s]
@@ -52,7 +53,7 @@ def as_direction(d, # a `{name: tensor}` dict or a flat `(P,)` tensor
         flat = spec.flatten({n: torch.as_tensor(d[n]).to(spec.device) for n in spec.names})
     else: raise TypeError(f"`{where}` must be a dict of tensors or a flat tensor, got {type(d).__name__}")
     if not torch.isfinite(flat).all(): raise ValueError(f"`{where}` has non-finite entries")
-    return flat.detach().to(spec.device, spec.dtype)
+    return flat.detach().to(spec.device, torch.promote_types(spec.dtype, torch.float32))
 
 # %% ../nbs/04_landscape.ipynb #db80a460
 _NORMS = ('filter', 'layer', None)
@@ -124,7 +125,7 @@ def direction_between(model_a:nn.Module, # start point
                      ) -> dict[str, Tensor]:
     "The direction `model_b - model_a` over the selected parameters"
     spec = param_spec(model_a, params)
-    pb = dict(model_b.named_parameters())
+    pb = dict(unwrap(model_b).named_parameters())
     missing = [n for n in spec.names if n not in pb]
     if missing: raise ValueError(f"`model_b` lacks parameters {missing[:4]} of `model_a`")
     b = as_direction({n: pb[n].detach() for n in spec.names}, spec, 'model_b')
@@ -147,8 +148,9 @@ def _flat_point(p, spec, i):
     "Trajectory element `p` (state_dict, model, path or flat tensor) as a flat vector over `spec`"
     where = f'trajectory[{i}]'
     if isinstance(p, (str, os.PathLike)): p = torch.load(p, map_location=spec.device, weights_only=True)
-    if isinstance(p, nn.Module): p = dict(p.named_parameters())
+    if isinstance(p, nn.Module): p = dict(unwrap(p).named_parameters())
     if isinstance(p, Mapping):
+        p = canonical_names(p, spec.names)
         missing = [n for n in spec.names if n not in p]
         if missing: raise ValueError(f"`{where}` lacks parameters {missing[:4]}")
         p = {n: p[n].detach() for n in spec.names}
@@ -321,6 +323,7 @@ class GridEvaluator:
                  memory_format:str='auto', # layout of 4-D/5-D parameters in the loop: "contiguous", "channels_last" or "auto" (measured)
                 ):
         if not isinstance(model, nn.Module): raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
+        model = unwrap(model)   # DataParallel, DDP and torch.compile wrappers refuse `functional_call`
         if strategy not in ('auto', 'loop', 'vmap'): raise ValueError(f"`strategy` must be 'auto', 'loop' or 'vmap', got {strategy!r}")
         if memory_format not in ('auto', 'contiguous', 'channels_last'): raise ValueError(f"`memory_format` must be 'auto', 'contiguous' or 'channels_last', got {memory_format!r}")
         if bn not in ('eval', 'recompute'): raise ValueError(f"`bn` must be 'eval' or 'recompute', got {bn!r}")
@@ -372,7 +375,7 @@ class GridEvaluator:
 
     def _metric_raw(self, out, y) -> list[Tensor]:
         "The metrics on one batch's outputs, as 0-d tensors (checked, not yet converted)"
-        vals = []
+        vals, out = [], upcast_outputs(out)   # bf16/fp16 logits: losses and metrics reduced in float32, not rounded to 3 digits
         for name, fn in self.metrics.items():
             v = fn(out, y)
             if not isinstance(v, Tensor) or v.numel() != 1: raise ValueError(f"`metrics`: {name!r} must return a scalar tensor (a per-batch mean), got {getattr(v, 'shape', type(v).__name__)}")
@@ -409,7 +412,8 @@ class GridEvaluator:
 
     def _loop(self, origin:Tensor, D:Tensor, C:Tensor) -> Tensor:
         "Metric values at the points `origin + C[i] @ D`, one at a time (first-layer outputs from the cache when there is one)"
-        live = torch.empty_like(origin)   # every point is written into this one vector, whose views are swapped in once for all points
+        live = torch.empty(origin.shape, dtype=self.spec.dtype, device=origin.device)   # every point is written into this one vector, whose views are swapped in once for all points
+        point = live if live.dtype == origin.dtype else torch.empty_like(origin)   # half-precision models: the point is formed in float32, then rounded once
         views = self.spec.unflatten(live)
         shown = {n: _in_format(t, self._fmt) for n, t in views.items()}
         refresh = [(shown[n], views[n]) for n in views if shown[n] is not views[n]]   # channels-last copies of views, updated per point
@@ -421,7 +425,8 @@ class GridEvaluator:
         def body():
             raw = []   # per point, per batch, per metric: weighted and averaged for all points at once at the end
             for c, cl in zip(C, C.tolist()):
-                torch.addmv(origin, D.T, c, out=live)
+                torch.addmv(origin, D.T, c, out=point)
+                if point is not live: live.copy_(point)
                 for dst, src in refresh: dst.copy_(src)
                 if fresh: self._recompute_bn(fresh)
                 for b, (x, y, _) in enumerate(self.batches):
@@ -433,7 +438,7 @@ class GridEvaluator:
         "Metric values at the rows of `P` (coordinates `C`), vmapped over the stacked parameter sets"
         affine = C is not None and self._affine is not None
         f = vmap(self._metrics_of(self._call_rest), in_dims=(0, 0, None)) if affine else vmap(self._metrics_of(self._call), in_dims=(0, None, None))
-        ps = self.spec.unflatten(P)
+        ps = self.spec.unflatten(P.to(self.spec.dtype))
         with math_attention():   # fused attention kernels have no batching rule: vmap would run them one point at a time
             return self._weighted(torch.stack([f(ps, self._first_out(b, C) if affine else x, y) for b, (x, y, _) in enumerate(self.batches)], 1))
 
@@ -448,7 +453,7 @@ class GridEvaluator:
 
     def _first_layer_split(self):
         "(prefix, name, first layer, rest, rest's state names) when the first layer with parameters is a Linear/Conv that only the input reaches"
-        if self.bn_names or self.autocast is not None or _has_hooks(self.model): return None
+        if self.bn_names or self.autocast is not None or _has_hooks(self.model) or self.spec.dtype in (torch.float16, torch.bfloat16): return None
         split = _split_first_layer(self.model)
         if split is None: return None
         rest = split[3]
@@ -522,7 +527,8 @@ class GridEvaluator:
         def store(idx, v):
             out[idx] = v
             if on_chunk is not None: on_chunk(idx, v)
-        C, D, origin = C.to(self.device, self.spec.dtype), D.to(self.device, self.spec.dtype), origin.to(self.device, self.spec.dtype)
+        work = torch.promote_types(self.spec.dtype, torch.float32)   # coordinates and points of half-precision models in float32: 0.96 is no bf16 number
+        C, D, origin = C.to(self.device, work), D.to(self.device, work), origin.to(self.device, work)
         with self._mode():
             self._cache = self._first_layer_cache(origin, D)
             cands = self._candidates()
@@ -925,6 +931,7 @@ def interpolate(model_a:nn.Module, # alpha = 0
     alphas = _axis(span, steps, 'span')
     ev = _evaluator(model_a, loss_fn, data, params, metrics, bn, bn_batches, strategy, budget, autocast, include_buffers=(bn == 'eval'),
                     memory_format=memory_format)
+    model_a, model_b = unwrap(model_a), unwrap(model_b)
     tb = {**dict(model_b.named_parameters()), **dict(model_b.named_buffers())}
     missing = [n for n in ev.spec.names if n not in tb]
     if missing: raise ValueError(f"`model_b` lacks entries {missing[:4]} of `model_a`")
@@ -1012,7 +1019,7 @@ def fit_curve(model_a:nn.Module, # one end (t = 0); never modified
     curve_coefficients(torch.zeros(1), kind)
     fl = FunctionalLoss(model_a, loss_fn, data, params=params, train_mode=train_mode)
     a = fl.theta
-    b = as_direction({n: p.detach() for n, p in model_b.named_parameters() if n in fl.spec.names} if isinstance(model_b, nn.Module) else model_b, fl.spec, 'model_b')
+    b = as_direction({n: p.detach() for n, p in unwrap(model_b).named_parameters() if n in fl.spec.names} if isinstance(model_b, nn.Module) else model_b, fl.spec, 'model_b')
     bend = ((a + b) / 2).clone().requires_grad_(True)
     opt, g, losses = torch.optim.Adam([bend], lr=lr), make_generator(seed, a.device), []
     with eval_semantics(model_a, train_mode):

@@ -577,7 +577,7 @@ def eigenvalues(self:Hessian, k:int=3, # number of eigenpairs
 @patch
 def _check_memory(self:Hessian, n_vectors:int, what:str, change:str):
     "Before a long computation: raise a MemoryError naming `change` if `n_vectors` vectors of P entries and the products' copies of the parameters exceed `budget` (or, without one, the free memory)"
-    need = (n_vectors * self.dtype.itemsize + 4 * self.spec.dtype.itemsize) * self.P
+    need = (n_vectors * self.dtype.itemsize + 8 * self.spec.dtype.itemsize) * self.P   # 8: gradient, its graph's leaves, tangents, results, temporaries
     limit, of = (self.budget, '`budget`') if self.budget is not None else (available_memory(self.device), 'free memory')
     if limit is not None and need > limit:
         raise MemoryError(f"`{what}` needs about {need / 2**30:.3g} GiB for {n_vectors} vectors of P={self.P:,} entries ({self.dtype}) and the "

@@ -434,6 +434,18 @@ def basis_size(k:int, P:int, ncv:int|None=None, block_size:int=1) -> int:
     "Vectors the Lanczos basis holds before a restart: `ncv`, by default max(2k + 2 block_size - 1, 40), at most P"
     return min(P, ncv or max(2 * k + 2 * block_size - 1, 40))
 
+def _start_block(start, b:int, P:int, dtype, device, g:torch.Generator) -> Tensor:
+    "The first `b` vectors: random, or the rows of `start` (earlier eigenvectors) folded into `b` unit vectors plus 10% random directions, so that no invariant subspace missing the wanted eigenvectors can hold the start"
+    R = torch.randn(b, P, generator=g, device=device, dtype=dtype)
+    if start is None: return R
+    if not isinstance(start, Tensor) or start.dim() not in (1, 2) or start.shape[-1] != P:
+        raise ValueError(f"`start` must be a tensor of shape (P,) or (m, P) with P={P}, got {getattr(start, 'shape', type(start).__name__)}")
+    S = start.detach().to(device, dtype).reshape(-1, P)
+    if not torch.isfinite(S).all() or (S.norm(dim=1) == 0).any(): raise ValueError("`start` must hold finite, non-zero rows")
+    W = torch.zeros(b, P, dtype=dtype, device=device).index_add_(0, torch.arange(len(S), device=device) % b, S / S.norm(dim=1, keepdim=True))
+    unit = lambda M: M / M.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    return unit(W) * (W.norm(dim=1, keepdim=True) > 0) + 0.1 * unit(R)
+
 def lanczos(matvec, # maps a stack (k, P) to the curvature times it
             P:int, dtype:torch.dtype, device:torch.device|str, # size, dtype and device of the vectors
             k:int=3, # number of eigenpairs
@@ -444,6 +456,7 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it
             seed:int|None=0, # seed of the start vector(s)
             verbose:bool=True,
             block_size:int=1, # vectors multiplied per step (one stacked call): finds eigenvalues of multiplicity up to `block_size`
+            start:Tensor|None=None, # warm start: vectors `(P,)` or `(m, P)` near the wanted eigenvectors, e.g. those of an earlier measurement
            ):
     "Top-`k` eigenpairs of a symmetric operator by thick-restarted (block) Lanczos with full reorthogonalisation; returns (values, vectors, residuals, converged, n_matvecs)"
     if which not in WHICH: raise ValueError(f"`which` must be one of {WHICH}, got {which!r}")
@@ -458,7 +471,7 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it
     max_matvecs = max_matvecs or max(300, 30 * k)
     g = make_generator(seed, device)
     L = _Lanczos(torch.zeros(ncv + b, P, dtype=dtype, device=device), torch.zeros(ncv, ncv, dtype=torch.float64), b)
-    L.V[:b] = _block_qr(torch.randn(b, P, generator=g, device=device, dtype=dtype), L.V[:0], g, 0.0)[0]
+    L.V[:b] = _block_qr(_start_block(start, b, P, dtype, device, g), L.V[:0], g, 0.0)[0]
     bar = progress(total=max_matvecs, desc='lanczos', verbose=verbose)
     try:
         while True:
@@ -563,12 +576,14 @@ def eigenvalues(self:Hessian, k:int=3, # number of eigenpairs
                 ncv:int|None=None, # basis size before a thick restart (None: max(2k + 2 block_size - 1, 40))
                 seed:int|None=0, # seed of the start vector(s)
                 block_size:int=1, # vectors per Lanczos step: finds eigenvalues repeated up to `block_size` times
+                start=None, # warm start: an earlier `EigenResult` (of this model, at nearby weights) or vectors `(P,)`/`(m, P)`
                ) -> EigenResult:
     "Top-`k` eigenpairs by Lanczos; warns if the budget ran out before every pair converged"
     self._check_memory(basis_size(k, self.P, ncv, block_size) + 4 * block_size, 'eigenvalues', '`ncv` (the basis size)')
     with preserved(self.fl.model):
         vals, vecs, res, conv, n = lanczos(self._matvec, self.P, self.dtype, self.device, k=k, which=which, tol=tol,
-                                           max_matvecs=max_matvecs, ncv=ncv, seed=seed, verbose=self.verbose, block_size=block_size)
+                                           max_matvecs=max_matvecs, ncv=ncv, seed=seed, verbose=self.verbose, block_size=block_size,
+                                           start=start.vectors if isinstance(start, EigenResult) else start)
     if not conv.all():
         warnings.warn(f"Lanczos: only {int(conv.sum())} of {k} eigenpairs converged to `tol`={tol:g} in {n} products "
                       f"(largest residual {float(res.max()):.3g}); raise `max_matvecs` or `ncv`, or loosen `tol`")

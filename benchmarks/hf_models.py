@@ -71,8 +71,8 @@ def main():
     for _ in range(args.reps):
         for k, f in fns.items(): times[k].append(timed(f))
     t = {k: statistics.median(ts) for k, ts in times.items()}
-    print(f"{"product":<30}{'attention':>22}{'sdpa ms':>10}{'x grad':>8}{'eager ms':>10}{'x grad':>8}{'sdpa/eager':>12}")
-    print(f"{"gradient (fused SDPA)":<30}{'fused':>22}{t['sdpa', 'gradient'] * 1e3:>10.1f}{1:>8.2f}{t['eager', 'gradient'] * 1e3:>10.1f}{1:>8.2f}"
+    print(f"{'product':<30}{'attention':>22}{'sdpa ms':>10}{'x grad':>8}{'eager ms':>10}{'x grad':>8}{'sdpa/eager':>12}")
+    print(f"{'gradient (fused SDPA)':<30}{'fused':>22}{t['sdpa', 'gradient'] * 1e3:>10.1f}{1:>8.2f}{t['eager', 'gradient'] * 1e3:>10.1f}{1:>8.2f}"
           f"{t['sdpa', 'gradient'] / t['eager', 'gradient']:>12.2f}")
     for method in KERNELS + ('auto',):
         if method in failed:

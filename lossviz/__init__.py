@@ -2,8 +2,8 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
-_SUBMODULES = ("core", "losses", "kernels", "hessian", "landscape", "calibration", "geometry", "widgets", "report",
-               "distributed", "demo", "cli")
+_SUBMODULES = ("core", "losses", "kernels", "hessian", "landscape", "calibration", "geometry", "monitor", "widgets", "report",
+               "distributed", "demo", "cli", "integrations")
 
 
 def __getattr__(name):

@@ -708,9 +708,8 @@ class Tracker:
         self.conventions = dict(global_mean=global_mean, pinv=pinv)
         self.history = []
 
-    def __call__(self, step:int) -> dict|None:
-        "Record the metrics if `step` is a multiple of `every`; return the record (None when skipped)"
-        if step % self.every: return None
+    def measure(self) -> dict:
+        "The metrics now: the NC scalars, RankMe and alpha-ReQ of the layer's features on the tracking data"
         if self.stream:
             z = class_stats(self.model, self.layer, self.data, self.pool, verbose=False, output=self.output)
             nc = neural_collapse(z, classifier=self.classifier, **self.conventions)
@@ -718,9 +717,12 @@ class Tracker:
         else:
             z, y, out = features(self.model, self.layer, self.data, self.pool, logits=True, verbose=False, output=self.output)
             nc = neural_collapse(z, y, classifier=self.classifier, logits=out if out.dim() == 2 and out.shape[1] == int(y.max()) + 1 else None, **self.conventions)
-        sp = spectrum(z)
-        rec = dict(step=step, **{k: v for k, v in nc.to_dict().items() if k in _NC_SCALARS}, rankme=sp.rankme(),
-                   alpha_req=spectrum(z, center=True).alpha())
+        return dict(**{k: v for k, v in nc.to_dict().items() if k in _NC_SCALARS}, rankme=spectrum(z).rankme(), alpha_req=spectrum(z, center=True).alpha())
+
+    def __call__(self, step:int) -> dict|None:
+        "Record the metrics if `step` is a multiple of `every`; return the record (None when skipped)"
+        if step % self.every: return None
+        rec = dict(step=step, **self.measure())
         self.history.append(rec)
         return rec
 

@@ -15,12 +15,12 @@ from torch import nn, Tensor
 import ipywidgets as W
 import plotly.graph_objects as go
 from IPython.display import display
-from . import calibration, geometry, hessian, landscape, losses
+from . import calibration, geometry, hessian, landscape, losses, monitor
 from .core import select_params
 
 # %% auto #0
 __all__ = ['sync_figure', 'Cancelled', 'Job', 'Dashboard', 'CalibrationExplorer', 'LossExplorer', 'geometry_snapshot',
-           'GeometryExplorer', 'HessianExplorer', 'LandscapeExplorer']
+           'GeometryExplorer', 'HessianExplorer', 'LandscapeExplorer', 'MonitorExplorer']
 
 # %% ../nbs/08_widgets.ipynb #07686cad
 def _json_safe(x):
@@ -576,3 +576,58 @@ class LandscapeExplorer(Dashboard):
                                            layout=dict(height=320, width=480, title=f'1D slices through ({self.point[0]:.3g}, {self.point[1]:.3g})',
                                                        xaxis_title='coordinate', yaxis_title=self.metric.value)))
         return i, j
+
+# %% ../nbs/08_widgets.ipynb #44b85927
+class MonitorExplorer(Dashboard):
+    "The monitor's quantities against the step, a step slider and the values at that step; redrawn as the training loop records more"
+    css = 'lossviz-monitor'
+    def __init__(self, history, # a `monitor.MonitorHistory` or a `monitor.Monitor`
+                 quantities=None, # which quantities (None: all measured)
+                 live:bool=True, # redraw when the history gets a new record
+                ):
+        super().__init__()
+        history = getattr(history, 'history', history)
+        if not isinstance(history, monitor.MonitorHistory): raise TypeError(f"`history` must be a MonitorHistory or a Monitor, got {type(history).__name__}")
+        self.history, self.quantities = history, None if quantities is None else list(quantities)
+        self.step = W.SelectionSlider(options=[0], description='step')
+        self.step.add_class('lossviz-step')
+        self.table, self.figure = W.HTML(), go.FigureWidget()
+        self._on_change([self.step], self.update)
+        self.widget = self._root(W.HBox([self.step, self.table]), self.figure)
+        if live: history.subscribe(self._guard(lambda record: self.refresh()))
+        self.refresh()
+
+    @property
+    def steps(self) -> list[int]: return sorted({r['step'] for r in self.history.records if not r['skipped']})
+
+    def refresh(self):
+        "Redraw from the history: new steps join the slider, which follows the newest unless it was moved back"
+        steps = self.steps
+        if not steps: self.table.value = 'nothing measured yet'; return
+        shown = self.step.value
+        follow = shown == self.step.options[-1]
+        fig = self.history.plot(self.quantities)
+        for t in [t for t in fig.data if not t.name.startswith('2 / lr')]:   # one marker per panel at the selected step
+            fig.add_trace(go.Scatter(x=[], y=[], mode='markers', marker=dict(size=11, color='crimson'), name=f'at step: {t.name}', xaxis=t.xaxis, yaxis=t.yaxis))
+        with self._draw:
+            sync_figure(self.figure, fig)
+            self.step.options = steps   # resets the value: put it back, or on the newest step
+            self.step.value = steps[-1] if follow or shown not in steps else shown
+        self.update()
+
+    def update(self):
+        "Mark the selected step on every panel and list the values measured there"
+        with self._draw: self._update()
+
+    def _update(self):
+        if not self.steps: return
+        s = self.step.value
+        axes = sorted({t.xaxis for t in self.figure.data}, key=lambda a: int(a[1:] or 1))
+        self.figure.layout.shapes = [dict(type='line', x0=s, x1=s, xref=a, yref=f"{a.replace('x', 'y')} domain", y0=0, y1=1,
+                                          line=dict(dash='dot', color='gray')) for a in axes]
+        vals = {k: v for r in self.history.records if r['step'] == s and not r['skipped'] for k, v in r.items() if k not in monitor.MonitorHistory._FIELDS}
+        with self.figure.batch_update():
+            for t in self.figure.data:
+                if t.name.startswith('at step: '): q = t.name[len('at step: '):]; t.x, t.y = ([s], [vals[q]]) if q in vals else ([], [])
+        shown = self.quantities or list(vals)
+        self.table.value = '<table>' + ''.join(f"<tr><td>{k}</td><td><b>{_fmt(vals[k])}</b></td></tr>" for k in shown if k in vals) + '</table>'

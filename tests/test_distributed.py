@@ -148,3 +148,26 @@ def test_torchrun_example_runs():
     assert r.returncode == 0, r.stderr[-4000:]
     for line in ("2 processes (gloo)", "top Hessian eigenvalues:", "Hessian trace:", "test ECE:", "NC1:", "landscape minimum:"):
         assert line in r.stdout
+
+
+def _monitor_worker():
+    from lossviz.monitor import Monitor, Sharpness, GradNorm
+    X, Y, model = data_and_model()
+    m = Monitor(model, [Sharpness(my_shard(X, Y), k=1, tol=1e-8, method='jvp'), GradNorm(my_shard(X, Y))], every=2, budget=0.5,
+                loss_fn=F.cross_entropy)
+    for s in range(5): m.step(s)
+    mine, every_rank = [{k: v for k, v in r.items() if k != 'seconds'} for r in m.history.records], [None, None]
+    torch.distributed.all_gather_object(every_rank, mine)
+    return every_rank
+
+
+def test_monitor_over_ranks_records_the_single_process_values():
+    from lossviz.hessian import eigenvalues
+    r0, r1 = launch(_monitor_worker, nprocs=2)
+    assert [r['skipped'] for r in r0] == [r['skipped'] for r in r1]   # the ranks took the same decisions
+    X, Y, model = data_and_model()
+    top = float(eigenvalues(model, F.cross_entropy, (X, Y), k=1, tol=1e-8, method='jvp', verbose=False).values[0])
+    for a, b in zip(r0, r1):
+        assert a.keys() == b.keys()
+        if not a['skipped'] and a['probe'] == 'sharpness':
+            assert abs(a['sharpness'] - b['sharpness']) <= 1e-12 * abs(top) and abs(a['sharpness'] - top) <= 1e-7 * abs(top)

@@ -27,7 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 # The dashboards of widgets_e2e.ipynb, by the CSS class of each one's root box, with the CSS class of the slider moved in
 # each and the key that moves it (the geometry step slider starts at its last step, the others where a right step is valid).
 DASHBOARDS = {"lossviz-calibration": ("lossviz-temperature", "ArrowRight"), "lossviz-losses": ("lossviz-param", "ArrowRight"),
-              "lossviz-geometry": ("lossviz-step", "ArrowLeft"), "lossviz-hessian": None,
+              "lossviz-geometry": ("lossviz-step", "ArrowLeft"), "lossviz-monitor": ("lossviz-step", "ArrowLeft"), "lossviz-hessian": None,
               "lossviz-landscape": ("lossviz-span", "ArrowRight")}
 # JupyterLab settings: no news/update pop-ups or kernel dialog over the notebook, every cell kept in the DOM (no windowing).
 LAB_SETTINGS = {"@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},

@@ -126,14 +126,15 @@ def check_page(browser, url):
 
 
 def public_modules():
-    "{module name: __all__} for every public module of lossviz"
+    "{module name: __all__} for every public module of lossviz, those of subpackages (`integrations.lightning`) included"
     import lossviz
     out = {}
-    for m in pkgutil.iter_modules(lossviz.__path__):
-        if m.name.startswith("_"): continue
-        try: mod = importlib.import_module(f"lossviz.{m.name}")
-        except Exception as e: pytest.fail(f"lossviz.{m.name} cannot be imported, so its API cannot be checked: {e!r}")
-        out[m.name] = list(getattr(mod, "__all__", []))
+    for m in pkgutil.walk_packages(lossviz.__path__, prefix="lossviz.", onerror=lambda name: pytest.fail(f"{name} cannot be imported")):
+        name = m.name.removeprefix("lossviz.")
+        if any(part.startswith("_") for part in name.split(".")) or m.ispkg: continue
+        try: mod = importlib.import_module(m.name)
+        except Exception as e: pytest.fail(f"{m.name} cannot be imported, so its API cannot be checked: {e!r}")
+        out[name] = list(getattr(mod, "__all__", []))
     return out
 
 

@@ -18,11 +18,12 @@ from torch.utils._pytree import tree_map, tree_leaves
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'dist_info', 'progress', 'make_generator', 'preserved', 'unwrap', 'canonical_names', 'select_params',
-           'ParamSpec', 'to_device', 'call_model', 'batch_size', 'is_batch', 'Batches', 'all_reduce_sum',
-           'model_device', 'synchronize', 'has_random_layers', 'eval_semantics', 'check_loss_fn', 'model_loss',
-           'compute_loss', 'upcast_outputs', 'output_logits', 'split_outputs', 'FunctionalLoss', 'check_scalar_loss',
-           'calls_attention', 'math_attention', 'torch_limitation', 'default_budget', 'available_memory', 'chunk_count']
+__all__ = ['WEIGHTINGS', 'HALF_DTYPES', 'dist_info', 'progress', 'make_generator', 'preserved', 'unwrap', 'canonical_names',
+           'select_params', 'ParamSpec', 'to_device', 'call_model', 'batch_size', 'is_batch', 'Batches',
+           'all_reduce_sum', 'model_device', 'synchronize', 'has_random_layers', 'eval_semantics', 'check_loss_fn',
+           'model_loss', 'compute_loss', 'accumulation_dtype', 'upcast', 'upcast_outputs', 'output_logits',
+           'split_outputs', 'FunctionalLoss', 'check_scalar_loss', 'calls_attention', 'math_attention',
+           'torch_limitation', 'default_budget', 'available_memory', 'chunk_count']
 
 # %% ../nbs/00_core.ipynb #61bf1d69
 def dist_info() -> tuple[int, int]:
@@ -396,11 +397,15 @@ def check_loss_fn(loss_fn, # the user's `loss_fn` argument
         raise TypeError(f"`loss_fn` must be callable as `loss_fn(outputs, targets)`, or None for the model's own loss (`outputs.loss`), got {type(loss_fn).__name__}")
     return loss_fn
 
+def _field(outputs, name:str):
+    "`outputs[name]` of a mapping, `outputs.name` of anything else, None when absent"
+    return outputs.get(name) if isinstance(outputs, Mapping) else getattr(outputs, name, None)
+
 def model_loss(outputs, # what the model returned
               ) -> Tensor:
     "The loss the model computed itself: `outputs.loss`, `outputs['loss']`, or `outputs` when it is a scalar tensor"
     if isinstance(outputs, Tensor) and outputs.numel() == 1: return outputs
-    loss = outputs.get('loss') if isinstance(outputs, Mapping) else getattr(outputs, 'loss', None)
+    loss = _field(outputs, 'loss')
     if isinstance(loss, Tensor): return loss
     keys = f" with keys {list(outputs)}" if isinstance(outputs, Mapping) else ""
     raise ValueError(f"`loss_fn`=None uses the model's own loss, but the model returned {type(outputs).__name__}{keys} and no loss: "
@@ -409,23 +414,30 @@ def model_loss(outputs, # what the model returned
 def compute_loss(loss_fn, # `loss_fn(outputs, targets)`, or None for the model's own loss
                  outputs, targets) -> Tensor:
     "The scalar loss of one batch, by `loss_fn` or (for None) the model's own; float32 at least, so that means over batches are not rounded to half precision"
-    loss = check_scalar_loss(model_loss(outputs) if loss_fn is None else loss_fn(outputs, targets))
-    return loss.float() if loss.dtype in _HALF else loss
+    return upcast(check_scalar_loss(model_loss(outputs) if loss_fn is None else loss_fn(outputs, targets)))
 
-_HALF = (torch.float16, torch.bfloat16)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+def accumulation_dtype(dtype:torch.dtype) -> torch.dtype:
+    "The dtype sums, vectors and statistics are kept in for values of `dtype`: float32 at least (float64 stays float64)"
+    return torch.promote_types(dtype, torch.float32)
+
+def upcast(x):
+    "A float16/bfloat16 tensor in float32; anything else as it is"
+    return x.float() if isinstance(x, Tensor) and x.dtype in HALF_DTYPES else x
 
 def upcast_outputs(outputs, # a model's outputs (see `split_outputs`)
                   ):
     "`outputs` with their float16/bfloat16 tensors in float32 (parts that are no tensors dropped), for losses and metrics reduced in float32"
     ts, rebuild = split_outputs(outputs)
-    if not any(t.dtype in _HALF for t in ts): return outputs
-    return rebuild([t.float() if t.dtype in _HALF else t for t in ts])
+    if not any(t.dtype in HALF_DTYPES for t in ts): return outputs
+    return rebuild([upcast(t) for t in ts])
 
 def output_logits(outputs, # a tensor, a `ModelOutput`/mapping with 'logits', or a tuple whose first element is the logits
                  ) -> Tensor:
     "The logits inside a model's outputs"
     if isinstance(outputs, Tensor): return outputs
-    logits = outputs.get('logits') if isinstance(outputs, Mapping) else getattr(outputs, 'logits', None)
+    logits = _field(outputs, 'logits')
     if logits is None and isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor): logits = outputs[0]
     if not isinstance(logits, Tensor): raise TypeError(f"cannot find logits in the model's outputs ({type(outputs).__name__}): return a tensor, or an object with `.logits`")
     return logits

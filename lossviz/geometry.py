@@ -13,7 +13,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from .core import (Batches, call_model, output_logits, preserved, eval_semantics, progress, model_device, make_generator,
-                          unwrap, canonical_names)
+                          unwrap, canonical_names, accumulation_dtype, upcast)
 from .kernels import tiled_uniformity
 from .losses import alignment_loss
 
@@ -29,12 +29,6 @@ _SEQ_POOLS = ('tokens', 'mean_tokens', 'last_token')
 def _check_pool(pool):
     if not (callable(pool) or pool in _POOLS): raise ValueError(f"`pool` must be one of {_POOLS} or a callable, got {pool!r}")
 
-def _compute_dtype(dtype:torch.dtype) -> torch.dtype:
-    "The dtype statistics are computed in: float32 for bfloat16 and float16, else `dtype` itself (float64 stays float64)"
-    return torch.promote_types(dtype, torch.float32)
-
-def _upcast(x:Tensor) -> Tensor: return x.to(_compute_dtype(x.dtype))
-
 def _pool_sequence(t:Tensor, pool:str, name:str, mask:Tensor|None) -> Tensor:
     "Pool (B, T, ...) `t` over its tokens; `mask` (B, T) or (B, 1) marks the positions kept (None: all)"
     if t.dim() < 3: raise ValueError(f"`pool`={pool!r} needs (batch, tokens, features) outputs, but layer {name!r} outputs shape {tuple(t.shape)}")
@@ -46,7 +40,7 @@ def _pool_sequence(t:Tensor, pool:str, name:str, mask:Tensor|None) -> Tensor:
     if pool == 'tokens': return t[m]
     if not m.any(1).all(): raise ValueError(f"`pool`={pool!r}: a sequence of the batch has no token with attention_mask 1")
     if pool == 'last_token': return t[torch.arange(B, device=t.device), T - 1 - m.flip(1).int().argmax(1)]
-    w = m.to(_compute_dtype(t.dtype))[..., None]
+    w = m.to(accumulation_dtype(t.dtype))[..., None]
     return ((t.to(w.dtype) * w).sum(1) / w.sum(1)).to(t.dtype)
 
 def _pool(t:Tensor, pool, name:str, mask:Tensor|None=None) -> Tensor:
@@ -194,7 +188,7 @@ def _check_feats(x, name='feats'):
     if x.dim() != 2: raise ValueError(f"`{name}` must have shape (n, d), got {tuple(x.shape)}")
     if not x.is_floating_point(): raise TypeError(f"`{name}` must be floating point, got {x.dtype}")
     if x.shape[0] == 0: raise ValueError(f"`{name}` has no rows")
-    x = _upcast(x)
+    x = upcast(x)
     if not (torch.isfinite(x.sum()) or torch.isfinite(x).all()): raise ValueError(f"`{name}` contains NaN or infinite values")
     return x
 
@@ -211,7 +205,7 @@ class ClassStats:
     def __init__(self, num_classes:int|None=None, # fix the number of classes (None: grows with the labels seen)
                  dtype:torch.dtype|None=None, # accumulation dtype, at least float32 (None: that of the first features, at least float32)
                 ):
-        self.fixed_classes, self.dtype = num_classes, None if dtype is None else _compute_dtype(dtype)
+        self.fixed_classes, self.dtype = num_classes, None if dtype is None else accumulation_dtype(dtype)
         self.counts = self.means = self.scatter = self.sq = None
 
     @property
@@ -411,7 +405,7 @@ def _classifier(classifier, bias, C, d):
 
 def _ncc(H, means):
     "Index of the nearest class mean for each row of `H`"
-    means = _upcast(means)
+    means = upcast(means)
     return (means.pow(2).sum(1) - 2 * H.to(means.dtype) @ means.T).argmin(1)
 
 # %% ../nbs/06_geometry.ipynb #ab5e9071

@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_map, tree_leaves
 from fastcore.basics import patch
 from .core import (FunctionalLoss, ParamSpec, select_params, preserved, progress, make_generator, batch_size, chunk_count,
                           default_budget, call_model, synchronize, check_scalar_loss, split_outputs, calls_attention,
-                          math_attention, torch_limitation, has_random_layers, available_memory)
+                          math_attention, torch_limitation, has_random_layers, available_memory, accumulation_dtype)
 
 # %% auto #0
 __all__ = ['CURVATURES', 'METHODS', 'LINEARIZE_AFTER', 'WHICH', 'Hessian', 'basis_size', 'lanczos', 'EigenResult', 'TraceResult',
@@ -76,9 +76,9 @@ class Hessian:
         self.spec, self.P = self.fl.spec, self.fl.spec.size
         self.curvature, self.method, self.batched, self.chunk_size = curvature, method, batched, chunk_size
         self.budget, self.cache, self.verbose = budget, cache, verbose
-        self.dtype, self.device = torch.promote_types(self.spec.dtype, torch.float32), self.spec.device   # vectors: float32 at least (bf16 models too)
+        self.dtype, self.device = accumulation_dtype(self.spec.dtype), self.spec.device   # vectors: float32 at least (bf16 models too)
         self.n_matvecs, self.timings = 0, {'setup': 0.0}
-        self._kernel, self._setups, self._chunk, self._batched_arg, self._switch_checked, self._batch = None, {}, None, batched, False, 0
+        self._kernel, self._setups, self._chunk, self._batched_arg, self._switch_checked = None, {}, None, batched, False
         with preserved(model): self.loss, seen = calls_attention(self._checked_loss)
         self.meta = {'attention': 'math'} if seen else {}   # then scaled-dot-product attention runs the math kernel in every product
 
@@ -98,14 +98,15 @@ class Hessian:
 
 # %% ../nbs/03_hessian.ipynb #1f62bbee
 @patch
-def _map(self:Hessian, fn, V:Tensor, batched:bool) -> Tensor:
-    "Apply `fn` (tangent dict -> tangent dict) to each row of `V` (k, P), vmapped or looped; with `seed`, every row sees the same random draws"
-    fixed = self._random and self.seed is not None
-    if batched: f = vmap(fn, randomness='same' if fixed else 'error')   # 'same': one draw of masks serves every row, as in the loop
+def _map(self:Hessian, fn, V:Tensor, batched:bool, i:int) -> Tensor:
+    "Apply `fn` (tangent dict -> tangent dict) to each row of `V` (k, P) of batch `i`, vmapped or looped; with `seed`, every row sees the same random draws"
+    if batched:   # randomness 'same': one draw of masks serves every row, as in the loop
+        self._fix_draws(i)
+        return self.spec.flatten(vmap(fn, randomness='same' if self._random and self.seed is not None else 'error')(self.spec.unflatten(V)))
     def one(v):
-        self._fix_draws(self._batch)
-        return self.spec.flatten(f(v) if batched else fn(v))
-    return one(self.spec.unflatten(V)) if batched else torch.stack([one(self.spec.unflatten(v)) for v in V])
+        self._fix_draws(i)
+        return self.spec.flatten(fn(self.spec.unflatten(v)))
+    return torch.stack([one(v) for v in V])
 
 @patch
 def _fix_draws(self:Hessian, i:int):
@@ -119,12 +120,12 @@ def _grad_fn(self:Hessian, x, y):
 @patch
 def _k_jvp(self:Hessian, i, x, y, V, batched):
     g, p = self._grad_fn(x, y), self.fl.params
-    return self._map(lambda u: jvp(g, (p,), (u,))[1], V, batched)
+    return self._map(lambda u: jvp(g, (p,), (u,))[1], V, batched, i)
 
 @patch
 def _k_vjp(self:Hessian, i, x, y, V, batched):
     pullback = vjp(self._grad_fn(x, y), self.fl.params)[1]   # reverse-over-reverse in torch.func: H symmetric, so H v = vjp(grad)(v)
-    return self._map(lambda u: pullback(u)[0], V, batched)
+    return self._map(lambda u: pullback(u)[0], V, batched, i)
 
 @patch
 def _setup(self:Hessian, key, make):
@@ -142,7 +143,7 @@ def _k_linearize(self:Hessian, i, x, y, V, batched):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', UserWarning)   # torch.fx const-folding chatter
             return linearize(self._grad_fn(x, y), self.fl.params)[1]
-    return self._map(self._setup(('linearize', i), make), V, batched)
+    return self._map(self._setup(('linearize', i), make), V, batched, i)
 
 def _grads(outputs, inputs, grad_outputs, retain_graph:bool=True, **kw) -> list[Tensor]:
     "`torch.autograd.grad` (keeping the graph by default), with zeros (batched like `grad_outputs`) for inputs that are not reached"
@@ -183,7 +184,7 @@ def _k_ggn(self:Hessian, i, x, y, V, batched):
     out, pullback = vjp(f, p)
     loss_hvp = vjp(grad(lambda o: check_scalar_loss(self.fl.loss_fn(rebuild[0](o), y))), out)[1]   # reverse-over-reverse: outputs are small
     def one(u): return pullback(loss_hvp(jvp(f, (p,), (u,))[1])[0])[0]
-    return self._map(one, V, batched)
+    return self._map(one, V, batched, i)
 
 @patch
 def _k_ggn_autograd(self:Hessian, i, x, y, V, batched):
@@ -338,7 +339,6 @@ def _stacked(self:Hessian, i, x, y, V):
 
 @patch
 def _batch_product(self:Hessian, i, x, y, V):
-    self._batch = i
     self._fix_draws(i)
     if self._kernel is None or (self.method == 'auto' and self.curvature == 'hessian' and self.cache and not self._switch_checked
                                 and self.n_matvecs >= LINEARIZE_AFTER):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 import torch
 from torch import Tensor
+from .core import accumulation_dtype
 
 # %% auto #0
 __all__ = ['block_bytes', 'linear_cross_entropy', 'linear_target_logprobs', 'TokenStats', 'linear_softmax_stats', 'info_nce_loss',
@@ -27,10 +28,6 @@ def _first_order_only():
         raise RuntimeError("lossviz.kernels losses are first-order only: backward with create_graph=True (double backward, "
                            "Hessian-vector products) is not supported; use the materialised loss or `softmax_hessian_product`")
 
-def _acc_dtype(dtype):
-    "Accumulation dtype: float32 for half/bfloat16/float32 inputs, float64 for float64"
-    return torch.promote_types(dtype, torch.float32)
-
 def _square_block(budget, itemsize, n):
     "Side of a square tile of `itemsize`-byte entries fitting `budget` bytes (multiple of 64, at most `n`)"
     side = max(64, int(math.isqrt(budget // itemsize)) // 64 * 64)
@@ -38,7 +35,7 @@ def _square_block(budget, itemsize, n):
 
 def _mm(a, b):
     "`a @ b` in the dtype of `b` (tensor cores for half inputs), returned in the accumulation dtype"
-    return (a.to(b.dtype) @ b).to(_acc_dtype(b.dtype))
+    return (a.to(b.dtype) @ b).to(accumulation_dtype(b.dtype))
 
 def _addmm_(out, a, b):
     "`out += a @ b` with `out` in the accumulation dtype and the product in the dtype of `b`"
@@ -127,7 +124,7 @@ def _accumulate_(G, hc, W, v0, dh_c, dW, db):
 # %% ../nbs/02_kernels.ipynb #6cb21a2a
 def _grad_buffers(h, W, b, needs):
     "Zeroed gradient accumulators for the inputs that need one (weight and bias in the accumulation dtype)"
-    acc = _acc_dtype(h.dtype)
+    acc = accumulation_dtype(h.dtype)
     return (torch.zeros_like(h) if needs[0] else None,
             torch.zeros(W.shape, dtype=acc, device=W.device) if needs[1] else None,
             torch.zeros(W.shape[0], dtype=acc, device=W.device) if needs[2] else None)
@@ -139,7 +136,7 @@ def _chunk_grad_acc(dh, sl, acc):
 
 def _ce_forward(h, W, b, t, o, grad_w=None, needs=(False, False, False), entropy=False):
     "Per-token statistics (lse, target logit, logit sum, entropy) and, with `grad_w`, eager gradients"
-    N, V, acc = h.shape[0], W.shape[0], _acc_dtype(h.dtype)
+    N, V, acc = h.shape[0], W.shape[0], accumulation_dtype(h.dtype)
     st = _LSE(N, acc, h.device, entropy=entropy)
     tgt = torch.zeros(N, dtype=acc, device=h.device)
     ssum = torch.zeros(N, dtype=acc, device=h.device) if o.label_smoothing else None
@@ -166,7 +163,7 @@ def _ce_forward(h, W, b, t, o, grad_w=None, needs=(False, False, False), entropy
 
 def _ce_backward(h, W, b, t, lse, w, o, needs):
     "Gradients for per-token weights `w`, recomputing every logit block"
-    N, V, acc = h.shape[0], W.shape[0], _acc_dtype(h.dtype)
+    N, V, acc = h.shape[0], W.shape[0], accumulation_dtype(h.dtype)
     dh, dW, db = _grad_buffers(h, W, b, needs)
     for n0 in range(0, N, o.token_chunk):
         sl = slice(n0, n0 + o.token_chunk)
@@ -335,7 +332,7 @@ class _LinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, W, b, t, o, eager, backend):
         keep = t != o.ignore_index
-        acc, V = _acc_dtype(h.dtype), W.shape[0]
+        acc, V = accumulation_dtype(h.dtype), W.shape[0]
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], b is not None and ctx.needs_input_grad[2])
         use_triton = backend == 'triton'
         if use_triton: lse, tgt, ssum = _triton_forward(h, W, b, t, o)
@@ -359,7 +356,7 @@ class _LinearCE(torch.autograd.Function):
         if ctx.eager:
             if ctx.grads is None: raise RuntimeError("linear_cross_entropy: backward twice through the eager schedule; pass `recompute=True` to use retain_graph")
             (dh, dW, db), ctx.grads = ctx.grads, None
-            g = g.to(_acc_dtype(g.dtype))
+            g = g.to(accumulation_dtype(g.dtype))
         else:
             h, W, b, t, lse = ctx.saved_tensors
             keep = t != o.ignore_index
@@ -419,7 +416,7 @@ def linear_cross_entropy(hidden:Tensor, # (..., d) hidden states (the input of t
     "`F.cross_entropy(hidden @ weight.T + bias, target, ...)` (plus z-loss and soft-capping) without materialising the logits"
     h, t = _check_lce(hidden, weight, target, bias, ignore_index, label_smoothing, reduction, z_loss, softcap)
     N, V = t.shape[0], weight.shape[0]
-    tc, vc = _plan_chunks(N, V, _acc_dtype(h.dtype).itemsize, block_bytes(h.device), token_chunk, vocab_chunk)
+    tc, vc = _plan_chunks(N, V, accumulation_dtype(h.dtype).itemsize, block_bytes(h.device), token_chunk, vocab_chunk)
     if backend not in ('auto', 'torch', 'triton'): raise ValueError(f"`backend` must be 'auto', 'torch' or 'triton', got {backend!r}")
     use_triton = _triton_ok(h, backend)
     if grad_eps < 0 or (grad_eps > 0 and not use_triton): raise ValueError(f"`grad_eps` must be 0, or >= 0 with the Triton backend, got {grad_eps}")
@@ -467,7 +464,7 @@ def linear_softmax_stats(hidden:Tensor, # (..., d) hidden states
     "Log-sum-exp, target log-probability and entropy per token in one streamed pass (no gradients)"
     tgt = torch.zeros(hidden.shape[:-1], dtype=torch.long, device=hidden.device) if target is None else target
     h, t = _check_lce(hidden, weight, tgt, bias, ignore_index, 0.0, 'none', 0.0, softcap)
-    tc, vc = _plan_chunks(t.shape[0], weight.shape[0], _acc_dtype(h.dtype).itemsize, block_bytes(h.device), token_chunk, vocab_chunk)
+    tc, vc = _plan_chunks(t.shape[0], weight.shape[0], accumulation_dtype(h.dtype).itemsize, block_bytes(h.device), token_chunk, vocab_chunk)
     o = _CEOpts(ignore_index, 0.0, 'none', 0.0, softcap, tc, vc)
     st, tgt, _, _ = _ce_forward(h, weight, bias, t, o, entropy=True)
     lse = st.lse()
@@ -489,7 +486,7 @@ def _tile_grads_(dS, x, y, i, j, dx, dy):
 
 def _tile_side(block, x):
     "Tile side: `block` if given, else the largest multiple of 64 whose square tile fits `block_bytes / 8`"
-    return block or _square_block(block_bytes(x.device) // 8, _acc_dtype(x.dtype).itemsize, x.shape[0])
+    return block or _square_block(block_bytes(x.device) // 8, accumulation_dtype(x.dtype).itemsize, x.shape[0])
 
 def _check_pair(q, k, name_q='q', name_k='k', paired=False):
     "Two float (n, d) matrices with the same d, dtype and device (and, when `paired`, the same n: row i of one pairs with row i of the other)"
@@ -504,16 +501,16 @@ def _as_scalar(x, like, name):
     "A float or 0-d tensor argument as a 0-d tensor in the accumulation dtype of `like` (keeps its autograd graph)"
     if isinstance(x, Tensor):
         if x.numel() != 1: raise ValueError(f"`{name}` must be a scalar, got shape {tuple(x.shape)}")
-        return x.reshape(()).to(_acc_dtype(like.dtype))
+        return x.reshape(()).to(accumulation_dtype(like.dtype))
     if name == 'temperature' and not x > 0: raise ValueError(f"`temperature` must be positive, got {x}")
-    return torch.tensor(float(x), dtype=_acc_dtype(like.dtype), device=like.device)
+    return torch.tensor(float(x), dtype=accumulation_dtype(like.dtype), device=like.device)
 
 # %% ../nbs/02_kernels.ipynb #e6f0505a
 class _InfoNCE(torch.autograd.Function):
     "Tiled InfoNCE/CLIP loss with recomputation in backward"
     @staticmethod
     def forward(ctx, q, k, scale, symmetric, block):
-        acc, N = _acc_dtype(q.dtype), q.shape[0]
+        acc, N = accumulation_dtype(q.dtype), q.shape[0]
         rows, cols = _LSE(N, acc, q.device), _LSE(N, acc, q.device)
         for i, j in _tiles(N, N, block):
             s = _mm(q[i], k[j].T) * scale
@@ -563,7 +560,7 @@ class _SigLIP(torch.autograd.Function):
     "Tiled SigLIP loss with recomputation in backward"
     @staticmethod
     def forward(ctx, q, k, scale, bias, block):
-        acc, N = _acc_dtype(q.dtype), q.shape[0]
+        acc, N = accumulation_dtype(q.dtype), q.shape[0]
         total = torch.zeros((), dtype=acc, device=q.device)
         for i, j in _tiles(N, N, block):
             total += torch.nn.functional.softplus(_mm(q[i], k[j].T) * scale + bias).sum()
@@ -606,7 +603,7 @@ class _PairExp(torch.autograd.Function):
     "Tiled `log mean exp(-t D)` (`log=True`) or `sum exp(-t D)` of squared distances D, over all pairs or i<j"
     @staticmethod
     def forward(ctx, x, y, t, log, upper, block):
-        acc = _acc_dtype(x.dtype)
+        acc = accumulation_dtype(x.dtype)
         xn, yn = (x.to(acc) ** 2).sum(1), (y.to(acc) ** 2).sum(1)
         run = _LSE(1, acc, x.device) if log else torch.zeros((), dtype=acc, device=x.device)
         for i, j in _tiles(x.shape[0], y.shape[0], block, upper):
@@ -675,7 +672,7 @@ def softmax_hessian_product(logits:Tensor, # (..., V) logits
     U = u.unsqueeze(0) if single else u
     if U.shape[1:] != logits.shape: raise ValueError(f"`u` must have shape {tuple(logits.shape)} or (k, *{tuple(logits.shape)}), got {tuple(u.shape)}")
     V, rows = logits.shape[-1], logits.numel() // max(1, logits.shape[-1])
-    acc = _acc_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     vc = vocab_chunk or max(1, block_bytes(logits.device) // (acc.itemsize * max(1, rows) * U.shape[0]))
     lse = torch.logsumexp(logits.to(acc), -1, keepdim=True) if vc >= V else _chunked_lse(logits, vc, acc)
     probs = lambda v0: (logits[..., v0:v0 + vc].to(acc) - lse).exp_()

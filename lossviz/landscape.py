@@ -19,7 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastcore.basics import patch
 from .core import (progress, make_generator, select_params, ParamSpec, Batches, model_device, eval_semantics,
                           chunk_count, default_budget, FunctionalLoss, dist_info, all_reduce_sum, call_model, synchronize,
-                          check_loss_fn, compute_loss, output_logits, math_attention, unwrap, canonical_names, upcast_outputs)
+                          check_loss_fn, compute_loss, output_logits, math_attention, unwrap, canonical_names, upcast_outputs,
+                          accumulation_dtype)
 from .distributed import shard as shard_range, gather_blocks
 
 # %% auto #0
@@ -53,7 +54,7 @@ def as_direction(d, # a `{name: tensor}` dict or a flat `(P,)` tensor
         flat = spec.flatten({n: torch.as_tensor(d[n]).to(spec.device) for n in spec.names})
     else: raise TypeError(f"`{where}` must be a dict of tensors or a flat tensor, got {type(d).__name__}")
     if not torch.isfinite(flat).all(): raise ValueError(f"`{where}` has non-finite entries")
-    return flat.detach().to(spec.device, torch.promote_types(spec.dtype, torch.float32))
+    return flat.detach().to(spec.device, accumulation_dtype(spec.dtype))
 
 # %% ../nbs/04_landscape.ipynb #db80a460
 _NORMS = ('filter', 'layer', None)
@@ -199,7 +200,7 @@ def accuracy(outputs, # logits `(..., K)`, or model outputs holding them (`.logi
     "Fraction of the counted targets (those other than `ignore_index`) equal to the argmax of the logits over the last dim"
     logits = output_logits(outputs)
     keep = targets != ignore_index
-    return ((logits.argmax(-1) == targets) & keep).sum().to(torch.promote_types(logits.dtype, torch.float32)) / keep.sum()
+    return ((logits.argmax(-1) == targets) & keep).sum().to(accumulation_dtype(logits.dtype)) / keep.sum()
 
 def next_token_accuracy(outputs, # a causal language model's logits `(B, T, V)`, or outputs holding them
                         targets:Tensor, # token labels `(B, T)`, as given to the model (it shifts them itself)
@@ -453,7 +454,7 @@ class GridEvaluator:
 
     def _first_layer_split(self):
         "(prefix, name, first layer, rest, rest's state names) when the first layer with parameters is a Linear/Conv that only the input reaches"
-        if self.bn_names or self.autocast is not None or _has_hooks(self.model) or self.spec.dtype in (torch.float16, torch.bfloat16): return None
+        if self.bn_names or self.autocast is not None or _has_hooks(self.model) or accumulation_dtype(self.spec.dtype) != self.spec.dtype: return None
         split = _split_first_layer(self.model)
         if split is None: return None
         rest = split[3]
@@ -527,7 +528,7 @@ class GridEvaluator:
         def store(idx, v):
             out[idx] = v
             if on_chunk is not None: on_chunk(idx, v)
-        work = torch.promote_types(self.spec.dtype, torch.float32)   # coordinates and points of half-precision models in float32: 0.96 is no bf16 number
+        work = accumulation_dtype(self.spec.dtype)   # coordinates and points of half-precision models in float32: 0.96 is no bf16 number
         C, D, origin = C.to(self.device, work), D.to(self.device, work), origin.to(self.device, work)
         with self._mode():
             self._cache = self._first_layer_cache(origin, D)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from torch._C._functorch import is_functorch_wrapped_tensor
+from .core import HALF_DTYPES, upcast
 
 # %% auto #0
 __all__ = ['CrossEntropyLoss', 'FocalLoss', 'DualFocalLoss', 'EncouragingLoss', 'PolyLoss', 'TaylorCrossEntropy',
@@ -34,12 +35,7 @@ __all__ = ['CrossEntropyLoss', 'FocalLoss', 'DualFocalLoss', 'EncouragingLoss', 
            'plot_confidence']
 
 # %% ../nbs/01_losses.ipynb #4f47387f
-_LOW = (torch.float16, torch.bfloat16)
 _REDUCTIONS = ('mean', 'sum', 'none')
-
-def _upcast(x):
-    "float16/bfloat16 tensors to float32, everything else unchanged"
-    return x.float() if isinstance(x, Tensor) and x.dtype in _LOW else x
 
 def _check_params(values:dict, nonneg=(), positive=(), unit=(), negative=()):
     "Raise a `ValueError` naming the hyperparameter that breaks its declared constraint"
@@ -109,8 +105,8 @@ def register(family:str, paper:str, formula:str, kind:str, # catalogue fields (s
             except TypeError as e: raise TypeError(f"{fn.__name__}: {e}") from None
             _check_params(bound.arguments, **cons)
             dt = next((v.dtype for v in bound.args if isinstance(v, Tensor) and v.is_floating_point()), None)
-            out = fn(**{k: _upcast(v) for k, v in bound.arguments.items()})
-            return out.to(dt) if dt in _LOW else out
+            out = fn(**{k: upcast(v) for k, v in bound.arguments.items()})
+            return out.to(dt) if dt in HALF_DTYPES else out
         wrapper.info = _REGISTRY[fn.__name__] = LossInfo(fn.__name__, family, paper, formula, kind, inputs, params, wrapper,
                                                          constraints=cons, example_params=example_params or {})
         return wrapper

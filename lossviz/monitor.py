@@ -188,6 +188,15 @@ class MonitorHistory:
         "Names of the measured quantities, in the order they first appear"
         return list(dict.fromkeys(k for r in self.records for k in r if k not in self._FIELDS))
 
+    @property
+    def steps(self) -> list[int]:
+        "The steps at which something was measured"
+        return sorted({r['step'] for r in self.records if not r['skipped']})
+
+    def at(self, step:int) -> dict:
+        "`{quantity: value}` of everything measured at `step`"
+        return {k: v for r in self.records if r['step'] == step and not r['skipped'] for k, v in r.items() if k not in self._FIELDS}
+
     def series(self, quantity:str) -> tuple[list[int], list[float]]:
         "`(steps, values)` of `quantity` over the measurements that were taken"
         if quantity not in self.quantities: raise KeyError(f"`quantity`: {quantity!r} was not measured; measured: {self.quantities}")
@@ -213,7 +222,7 @@ class MonitorHistory:
 
     def __repr__(self):
         taken = [r for r in self.records if not r['skipped']]
-        head = (f"MonitorHistory({len(taken)} measurements at {len({r['step'] for r in taken})} steps, {len(self.skipped)} skipped, "
+        head = (f"MonitorHistory({len(taken)} measurements at {len(self.steps)} steps, {len(self.skipped)} skipped, "
                 f"{sum(r['seconds'] for r in taken):.3g} s and {sum(r['products'] for r in taken)} products in probes)")
         rows = [f"  {q:<22} {v[0]:>12.5g} -> {v[-1]:<12.5g} (steps {s[0]}..{s[-1]}, {len(v)} values)" for q in self.quantities for s, v in [self.series(q)]]
         return '\n'.join([head, *rows])

@@ -597,12 +597,9 @@ class MonitorExplorer(Dashboard):
         if live: history.subscribe(self._guard(lambda record: self.refresh()))
         self.refresh()
 
-    @property
-    def steps(self) -> list[int]: return sorted({r['step'] for r in self.history.records if not r['skipped']})
-
     def refresh(self):
         "Redraw from the history: new steps join the slider, which follows the newest unless it was moved back"
-        steps = self.steps
+        steps = self.history.steps
         if not steps: self.table.value = 'nothing measured yet'; return
         shown = self.step.value
         follow = shown == self.step.options[-1]
@@ -620,12 +617,12 @@ class MonitorExplorer(Dashboard):
         with self._draw: self._update()
 
     def _update(self):
-        if not self.steps: return
+        if not self.history.steps: return
         s = self.step.value
         axes = sorted({t.xaxis for t in self.figure.data}, key=lambda a: int(a[1:] or 1))
         self.figure.layout.shapes = [dict(type='line', x0=s, x1=s, xref=a, yref=f"{a.replace('x', 'y')} domain", y0=0, y1=1,
                                           line=dict(dash='dot', color='gray')) for a in axes]
-        vals = {k: v for r in self.history.records if r['step'] == s and not r['skipped'] for k, v in r.items() if k not in monitor.MonitorHistory._FIELDS}
+        vals = self.history.at(s)
         with self.figure.batch_update():
             for t in self.figure.data:
                 if t.name.startswith('at step: '): q = t.name[len('at step: '):]; t.x, t.y = ([s], [vals[q]]) if q in vals else ([], [])

@@ -69,7 +69,7 @@ def assert_unchanged(model, snap):
     assert model.config._attn_implementation == attn
 
 
-def dense_free_top(model, loss_of, k):
+def arpack_top(model, loss_of, k):
     "Top-k eigenvalues by ARPACK on torch.autograd double-backward products (float64 accumulation in ARPACK)"
     from scipy.sparse.linalg import LinearOperator, eigsh
     params = [p for p in model.parameters() if p.requires_grad]
@@ -111,7 +111,7 @@ def test_gpt2_sdpa_eigenvalues_match_eager_and_arpack(method):
     eager = lv.hessian.eigenvalues(ref_model, None, loader, k=2, tol=TOL, method=method, verbose=False)
     assert "attention" not in eager.meta
     np.testing.assert_allclose(r.values.numpy(), eager.values.numpy(), rtol=RTOL)
-    np.testing.assert_allclose(r.values.numpy(), dense_free_top(ref_model, own_loss_of(loader), 2), rtol=RTOL)
+    np.testing.assert_allclose(r.values.numpy(), arpack_top(ref_model, own_loss_of(loader), 2), rtol=RTOL)
 
 
 def test_bert_sdpa_hessian_ggn_and_trace():

@@ -2,25 +2,20 @@
 
 Every variant runs forward + backward in a fresh process. Extra peak memory is the max RSS after the computation minus
 the RSS just before it (the high-water mark is reset through /proc/self/clear_refs after the inputs are built and
-every code path is warmed up on tiny shapes), or
-torch.cuda.max_memory_allocated above the inputs on a GPU. The parent checks that all variants give the same loss and
-gradients and prints time and memory ratios against the materialised reference.
+every code path is warmed up on tiny shapes; the RSS helpers are benchmarks/memory.py's), or
+torch.cuda.max_memory_allocated above the inputs on a GPU. InfoNCE (CLIP: symmetric, temperature 0.07) is the
+catalogue's lossviz.losses.info_nce_loss ('dense', materialised) or its tiled twin lossviz.kernels.info_nce_loss
+('tiled'). The parent checks that all variants give the same loss and gradients and prints time and memory ratios
+against the materialised reference.
 
     python benchmarks/kernels.py                                  # N=8192, d=1024, V=32768 (minutes on a CPU)
     python benchmarks/kernels.py --n 2048 --v 16384 --d 512       # a smaller run
     python benchmarks/kernels.py --skip-lce --nce-n 32768 --nce-d 512 --nce-variants tiled   # InfoNCE at 32k
 """
-import argparse, json, os, resource, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, statistics, subprocess, sys, tempfile, time
+from memory import maxrss, reset_peak_rss       # benchmarks/memory.py, beside this file
 
 MiB = 1 << 20
-
-def _reset_peak_rss():
-    "Reset the peak-RSS high-water mark to the current RSS (Linux), so ru_maxrss measures from here on"
-    try:
-        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
-    except OSError: pass          # elsewhere ru_maxrss keeps earlier transients: extra memory may then read low
-
-def _maxrss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 def _inputs_lce(a, torch, dev):
     g = torch.Generator(device=dev).manual_seed(0)
@@ -52,17 +47,16 @@ def _run_lce(variant, h, W, t, torch, F):
 def _inputs_nce(a, torch, dev):
     g = torch.Generator(device=dev).manual_seed(0)
     dt = getattr(torch, a.dtype)
-    mk = lambda: torch.nn.functional.normalize(torch.randn(a.nce_n, a.nce_d, generator=g, device=dev, dtype=dt), dim=1).requires_grad_()
+    mk = lambda: torch.randn(a.nce_n, a.nce_d, generator=g, device=dev, dtype=dt).requires_grad_()
     return mk(), mk()
 
-def _run_nce(variant, q, k, torch, F):
+def _run_nce(variant, x, y, torch, F):
     if variant == 'dense':
-        S = q @ k.T / 0.07
-        lab = torch.arange(q.shape[0], device=q.device)
-        loss = (F.cross_entropy(S, lab) + F.cross_entropy(S.T, lab)) / 2
+        from lossviz.losses import info_nce_loss
+        loss = info_nce_loss(x, y, 0.07, symmetric=True)
     elif variant == 'tiled':
         from lossviz.kernels import info_nce_loss
-        loss = info_nce_loss(q, k, 0.07)
+        loss = info_nce_loss(x, y, 0.07, symmetric=True)
     else: raise ValueError(f"unknown variant {variant!r}")
     loss.backward()
     return loss
@@ -78,12 +72,12 @@ def worker(a):
     inputs = make(a, torch, dev)
     cuda = dev.type == 'cuda'
     if cuda: torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-    else: _reset_peak_rss(); base = _maxrss()
+    else: reset_peak_rss(); base = maxrss()
     t0 = time.perf_counter()
     loss = run(a.variant, *inputs, torch, F)
     if cuda: torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() if cuda else _maxrss()
+    peak = torch.cuda.max_memory_allocated() if cuda else maxrss()
     grads = [x.grad for x in inputs if getattr(x, 'grad', None) is not None]
     if a.save: torch.save([loss.detach().cpu()] + [g.cpu() for g in grads], a.save)
     print(json.dumps(dict(variant=a.variant, seconds=seconds, extra=peak - base, peak=peak,

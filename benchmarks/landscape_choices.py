@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from lossviz.landscape import GridEvaluator, random_directions, param_spec
+from lossviz.grid import Choice, _laid_out
 from landscape import models, train, digits
 
 
@@ -58,11 +59,11 @@ def vmap_chunks(name, model, x, y, repeats):
     ev = GridEvaluator(m, F.cross_entropy, (x, y), strategy='vmap')
     t = {}
     with ev._mode():
-        ev._cache = ev._first_layer_cache(theta, D)
-        ev._configure('contiguous', ev._cache is not None)
-        ev._timed('vmap', theta, D, C[:2])   # first call: warm-up
+        cache = ev._first_layer_cache(theta, D)
+        vm, affine = Choice('vmap', 'contiguous', cache is not None), cache and _laid_out(cache, 'contiguous')
+        ev._timed(vm, theta, D, C[:2], affine)   # first call: warm-up
         for _ in range(repeats):
-            for n in (2, 8, 32): t.setdefault(n, []).append(ev._timed('vmap', theta, D, C[:n])[1] * 1e3)
+            for n in (2, 8, 32): t.setdefault(n, []).append(ev._timed(vm, theta, D, C[:n], affine)[1] * 1e3)
     print(f"{name:<10} " + "".join(f"{min(v):9.2f}-{max(v):<9.2f}" for v in t.values()))
 
 
@@ -81,11 +82,9 @@ def floor(repeats, points=400):
                 h = torch.add(a0, a1, alpha=a); h.add_(a2, alpha=b)
                 F.cross_entropy(rest(h), y)
     ev = GridEvaluator(m, F.cross_entropy, (x, y), strategy='loop', memory_format='contiguous', first_layer=True)
-    with ev._mode(): ev._cache = ev._first_layer_cache(theta, D)
-    def ours():   # the loop itself, as `evaluate` runs it after the probe (setup and probe excluded)
-        with ev._mode():
-            ev._configure('contiguous', True)
-            ev._loop(theta, D, C)
+    with ev._mode(): affine = _laid_out(ev._first_layer_cache(theta, D), 'contiguous')
+    def ours():   # the loop itself, as `evaluate` runs a plan with the shortcut after the probe (setup and probe excluded)
+        with ev._mode(): ev._loop(theta, D, C, 'contiguous', affine)
     t = {}
     for _ in range(repeats):
         for name, fn in (('bare floor', bare), ('lossviz loop', ours)):

@@ -6,6 +6,7 @@
     python docs/build.py --out site --execute ''         # quick: nbdev's processing of every notebook, no outputs
     python docs/build.py --lint                          # list every cell nbdev's docs processing would fail on
     python docs/build.py --write-executed                # CI only: execute nbs/ in place, for nbdev-docs (Quarto)
+    python docs/build.py --out site --site-url https://example.org/docs/   # a site served under /docs/, not a host's root
 
 Why this pipeline. nbdev publishes with Quarto (`nbdev-docs`), which cannot be installed here (its PyPI package
 downloads a binary at install time), and `nbdev-proc-nbs` cannot be used as a command either: it first calls
@@ -27,8 +28,13 @@ downloads a binary at install time), and `nbdev-proc-nbs` cannot be used as a co
    page covering everything in the module's `__all__`, widget outputs replaced by a note that they are live in
    JupyterLab (their saved state would need the widget manager from a CDN), nbdev's links to the published site made
    relative;
-5. render with MkDocs + Material for MkDocs + mkdocs-jupyter, and copy ONE plotly.min.js (from the installed plotly
-   package) into the site's assets; pages with figures load it in <head> (docs/overrides/main.html).
+5. count the figures each page shows (plotly figures and images, in build-summary.json for the browser test): an
+   executed page whose code draws (`.plot(`) but shows no figure fails the build with its name (a figure assigned
+   and never displayed, `fig = res.plot()` without `fig` after it, is the usual cause);
+6. render with MkDocs + Material for MkDocs + mkdocs-jupyter, and copy ONE plotly.min.js (from the installed plotly
+   package) into the site's assets; pages with figures load it in <head> (docs/overrides/main.html). The 404 page,
+   which a host serves at any missing URL, links its assets absolute from the host's root (`--site-url` for a site
+   served under another path).
 
 Why MkDocs-Material + mkdocs-jupyter rather than Sphinx + myst-nb: mkdocs-jupyter renders .ipynb files with their
 outputs (HTML, PNG) as pages directly, Material's built-in search is a lunr index built at build time and searched
@@ -52,6 +58,8 @@ HERE = Path(__file__).resolve().parent
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = ('<div class="lossviz-note">Interactive widget: it is live when you run this notebook in JupyterLab '
                '(the static docs do not run a Python kernel).</div>')
+FIGURE_MIMES = ("image/png", "image/svg+xml", "image/jpeg")   # matplotlib's inline figures, and any other image output
+PLOT_CALL = re.compile(r"\.plot(_\w+)?\(")                      # `res.plot(`, `ax.plot(`, `cal.plot_reliability(`
 NOT_EXECUTED_NOTE = ('<div class="lossviz-note">This page was built without executing its notebook (see '
                      '<code>docs/build.py --execute</code>): it shows the code and the API reference, not the outputs.</div>')
 
@@ -432,6 +440,24 @@ def api_reference(mod, module: str, documented: set[str], cfg: dict) -> list[dic
     return [_md_cell(intro), cell]
 
 
+def figure_count(page: dict) -> int:
+    "Figures a docs page shows: plotly figures (a `Plotly.newPlot` call in an HTML output) and images (`output: false` cells left out)"
+    n = 0
+    for c in page["cells"]:
+        if c["cell_type"] != "code" or "remove_output" in c["metadata"].get("tags", []): continue
+        for o in c.get("outputs", []):
+            data = o.get("data", {})
+            text = data.get("text/html", "")
+            n += ("".join(text) if isinstance(text, list) else text).count("Plotly.newPlot") + any(m in data for m in FIGURE_MIMES)
+    return n
+
+
+def calls_plot(page: dict) -> bool:
+    "Does a code cell that the page shows, and that ran, draw something (`.plot(`, `ax.plot(`, `plot_reliability(`)?"
+    return any(c["cell_type"] == "code" and "skip-execution" not in c["metadata"].get("tags", []) and PLOT_CALL.search(_src(c))
+               for c in page["cells"])
+
+
 # ----------------------------------------------------------------------------------------------------------- mkdocs
 def page_path(rel: Path, nb: dict) -> Path:
     "Where a notebook's page goes in the docs tree: nbdev's output-file name (core.html -> core.ipynb)"
@@ -455,12 +481,16 @@ def nav(pages: list[tuple[Path, str, str | None]], lib: str, repo: str) -> list:
     return out + [{"Source on GitHub": repo}]
 
 
-def mkdocs_config(work: Path, site: Path, nav_: list, cfg: dict) -> Path:
-    "Complete docs/mkdocs.yml for this build and write it into `work`"
+def mkdocs_config(work: Path, site: Path, nav_: list, cfg: dict, site_url: str | None = None) -> Path:
+    """Complete docs/mkdocs.yml for this build and write it into `work`. `site_url` is where this site will be served
+    (None: from the root of a host, as `python -m http.server -d site` serves it): MkDocs writes the 404 page, which a
+    host serves at any missing URL, with links absolute from that URL's path. pyproject's Documentation URL is not
+    used: it is the Quarto site's (nbdev-docs), published under /lossviz/, and links into /lossviz/ break the 404 page
+    of this site wherever else it is served"""
     conf = yaml.safe_load((HERE / "mkdocs.yml").read_text())
     conf.update(site_name=cfg["title"], site_description=cfg["description"], docs_dir=str(work / "docs"),
                 site_dir=str(site), nav=nav_)
-    if cfg["site_url"]: conf["site_url"] = cfg["site_url"]
+    if site_url: conf["site_url"] = site_url
     conf["theme"]["custom_dir"] = str(HERE / "overrides")
     conf.setdefault("extra", {})["social"] = [{"icon": "fontawesome/brands/github", "link": cfg["repo"], "name": "Source"}]
     path = work / "mkdocs.yml"
@@ -496,9 +526,11 @@ def run_all(nbs: Path, to_run: list[Path], timeout: float, jobs: int, cfg: dict)
 
 
 def build(out: Path, execute_patterns: list[str] | None = None, only: list[str] | None = None,
-          timeout: float = 600, jobs: int = 1, nbs: Path | None = None, root: Path = ROOT, log=print) -> dict:
+          timeout: float = 600, jobs: int = 1, nbs: Path | None = None, root: Path = ROOT, log=print,
+          site_url: str | None = None) -> dict:
     """Build the site into `out` from the notebooks under `nbs` (default: the project's nbs/); returns a summary
-    {pages, executed, modules}, also written to `out`/build-summary.json"""
+    {pages, executed, modules, figures (per page: how many it shows)}, also written to `out`/build-summary.json.
+    An executed page whose code draws (`.plot(`) but that shows no figure fails the build"""
     cfg = project_config(root)
     nbs = Path(nbs).resolve() if nbs else cfg["nbs"]
     out = Path(out).resolve()
@@ -512,7 +544,7 @@ def build(out: Path, execute_patterns: list[str] | None = None, only: list[str] 
     with tempfile.TemporaryDirectory(prefix="lossviz-docs-") as work:
         work = Path(work)
         (work / "docs" / "assets").mkdir(parents=True)
-        pages, modules = [], {}
+        pages, modules, figures = [], {}, {}
         for rel in notebooks:
             if rel in failures: continue
             path, run = nbs / rel, rel in executed
@@ -523,11 +555,17 @@ def build(out: Path, execute_patterns: list[str] | None = None, only: list[str] 
             except BuildError as e:
                 failures[rel] = str(e)
                 continue
-            dest = page_path(rel, processed)
+            dest, n_figures = page_path(rel, processed), figure_count(page)
+            if run and not n_figures and calls_plot(page):
+                failures[rel] = (f"{rel}: its code draws (`.plot(`) but the executed page shows no figure: end the cell "
+                                 "that makes a figure with the figure itself (`fig = res.plot()`, then `fig` on the last line)")
+                continue
             (work / "docs" / dest).parent.mkdir(parents=True, exist_ok=True)
             (work / "docs" / dest).write_text(json.dumps(page))
             pages.append((dest, title, module))
-            if module: modules[module] = {"page": dest.with_suffix(".html").as_posix(), "names": sorted(names)}
+            html_page = dest.with_suffix(".html").as_posix()
+            figures[html_page] = n_figures
+            if module: modules[module] = {"page": html_page, "names": sorted(names)}
             log(f"{rel} -> {dest}{'' if run else ' (not executed)'}")
         if failures:
             raise BuildError(f"{len(failures)} notebook(s) failed: {', '.join(r.as_posix() for r in failures)}\n\n"
@@ -535,12 +573,12 @@ def build(out: Path, execute_patterns: list[str] | None = None, only: list[str] 
         shutil.copy(plotly_js(), work / "docs" / "assets" / "plotly.min.js")
         shutil.copytree(mathjax_dir(), work / "docs" / "assets" / "mathjax")
         shutil.copy(HERE / "assets" / "lossviz.css", work / "docs" / "assets" / "lossviz.css")
-        conf = mkdocs_config(work, out, nav(pages, cfg["lib"], cfg["repo"]), cfg)
+        conf = mkdocs_config(work, out, nav(pages, cfg["lib"], cfg["repo"]), cfg, site_url)
         res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--clean", "-q", "-f", str(conf)],
                              capture_output=True, text=True, cwd=work)
         if res.returncode: raise BuildError(f"mkdocs build failed:\n{res.stdout}\n{res.stderr}")
     summary = {"pages": [p.with_suffix(".html").as_posix() for p, _, _ in pages],
-               "executed": [r.as_posix() for r in executed], "modules": modules}
+               "executed": [r.as_posix() for r in executed], "modules": modules, "figures": figures}
     (out / "build-summary.json").write_text(json.dumps(summary, indent=1))
     log(f"site written to {out} ({len(pages)} pages, {len(executed)} executed) in {time.time() - t0:.1f} s")
     return summary
@@ -637,6 +675,9 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=600, help="seconds allowed to execute one notebook")
     ap.add_argument("--jobs", type=int, default=1, help="notebooks executed at the same time (one kernel each)")
     ap.add_argument("--nbs", type=Path, default=None, help="notebook folder (default: the project's nbs/)")
+    ap.add_argument("--site-url", default=None,
+                    help="URL the site will be served at, when not from the root of a host (the 404 page's links start "
+                         "with its path); default: served from a host's root, as `python -m http.server -d site` does")
     ap.add_argument("--sidebar", action="store_true", help="regenerate nbs/sidebar.yml with nbdev and exit")
     ap.add_argument("--lint", action="store_true",
                     help="list every cell nbdev's docs processing would fail on (NameError in a re-executed import cell), "
@@ -657,7 +698,7 @@ def main(argv=None):
             print(f"docs build failed: {e}", file=sys.stderr)
             return 1
     if a.out is None: ap.error("--out is required")
-    try: build(a.out, _patterns(a.execute), _patterns(a.only), a.timeout, a.jobs, a.nbs)
+    try: build(a.out, _patterns(a.execute), _patterns(a.only), a.timeout, a.jobs, a.nbs, site_url=a.site_url)
     except BuildError as e:
         print(f"docs build failed: {e}", file=sys.stderr)
         return 1

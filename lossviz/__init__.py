@@ -2,7 +2,7 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
-_SUBMODULES = ("core", "losses", "kernels", "hessian", "landscape", "calibration", "geometry", "monitor", "widgets", "report",
+_SUBMODULES = ("core", "plots", "losses", "kernels", "grid", "hessian", "landscape", "calibration", "geometry", "monitor", "widgets", "report",
                "distributed", "demo", "cli", "integrations")
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .core import make_generator, progress, chunk_count
+from .plots import reliability_diagram
 
 # %% auto #0
 __all__ = ['Estimate', 'ece', 'classwise_ece', 'sce', 'ace', 'over_under', 'brier', 'nll', 'CalibrationMeter',
@@ -636,72 +637,21 @@ def _title(r):
     if isinstance(e, Estimate): return f"{r.name}: ECE {float(e.value):.4f} [{float(e.low):.4f}, {float(e.high):.4f}] ({e.ci:.0%} CI)"
     return f"{r.name}: ECE {float(e):.4f}"
 
+def _diagram(r, smooth:bool) -> dict:
+    "One `Reliability` as the bins `plots.reliability_diagram` draws (with its smooth curve when asked for and computed)"
+    s = r.smooth if smooth else None
+    return dict(edges=r.edges, accuracy=r.accuracy, confidence=r.confidence, count=r.count, name=r.name, label=_title(r),
+                smooth=None if s is None else dict(x=s.t, y=s.accuracy, low=s.low, high=s.high, name=f"{r.name} smooth (σ={s.sigma:.3f})"))
+
 def plot_reliability(rels, # one `Reliability` or a list of them (overlaid)
                      backend:str="plotly", # 'plotly' or 'matplotlib'
                      smooth:bool=True, # draw the smooth curves and bands that were computed
+                     ax=None, # matplotlib axes to draw into: two (diagram, histogram) or one (the diagram only)
                     ):
     "Reliability diagram(s) with the confidence histogram below"
     rels = [rels] if isinstance(rels, Reliability) else list(rels)
     if not rels or not all(isinstance(r, Reliability) for r in rels): raise TypeError("`rels` must be a Reliability or a non-empty list of them")
-    if backend == "plotly": return _plot_plotly(rels, smooth)
-    if backend == "matplotlib": return _plot_mpl(rels, smooth)
-    raise ValueError(f"`backend` must be 'plotly' or 'matplotlib', got {backend!r}")
-
-def _centers(r):
-    e = r.edges.double().cpu()
-    return ((e[1:] + e[:-1]) / 2).numpy(), (e[1:] - e[:-1]).numpy()
-
-def _plot_plotly(rels, smooth):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25], vertical_spacing=0.04)
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="gray"), name="perfect"), 1, 1)
-    for r in rels:
-        x, w = _centers(r)
-        acc, conf, cnt = r.accuracy.cpu().numpy(), r.confidence.cpu().numpy(), r.count.cpu().numpy()
-        if len(rels) == 1:
-            fig.add_trace(go.Bar(x=x, y=acc, width=w, name="accuracy", marker_color="steelblue"), 1, 1)
-            gap = conf - acc
-            fig.add_trace(go.Bar(x=x, y=gap, base=acc, width=w, name="gap", opacity=0.35,
-                                 marker_color=np.where(gap > 0, "crimson", "royalblue")), 1, 1)
-        else:
-            fig.add_trace(go.Scatter(x=conf, y=acc, mode="lines+markers", name=_title(r)), 1, 1)
-        fig.add_trace(go.Bar(x=x, y=cnt, width=w, name=f"{r.name} count", opacity=0.6 if len(rels) > 1 else 1, showlegend=len(rels) > 1), 2, 1)
-        s = r.smooth
-        if smooth and s is not None:
-            t = s.t.cpu().numpy()
-            if s.low is not None:
-                fig.add_trace(go.Scatter(x=np.r_[t, t[::-1]], y=np.r_[s.high.cpu().numpy(), s.low.cpu().numpy()[::-1]], fill="toself",
-                                         line=dict(width=0), opacity=0.25, name=f"{r.name} band"), 1, 1)
-            fig.add_trace(go.Scatter(x=t, y=s.accuracy.cpu().numpy(), mode="lines", name=f"{r.name} smooth (σ={s.sigma:.3f})"), 1, 1)
-    fig.update_layout(title=_title(rels[0]) if len(rels) == 1 else "reliability", barmode="overlay" if len(rels) > 1 else "relative")
-    fig.update_xaxes(range=[0, 1], title_text="confidence", row=2, col=1)
-    fig.update_yaxes(range=[0, 1], title_text="accuracy", row=1, col=1); fig.update_yaxes(title_text="count", row=2, col=1)
-    return fig
-
-def _plot_mpl(rels, smooth):
-    import matplotlib.pyplot as plt
-    fig, (ax, axh) = plt.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[3, 1]), figsize=(5, 6))
-    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect")
-    for r in rels:
-        x, w = _centers(r)
-        acc, conf, cnt = r.accuracy.cpu().numpy(), r.confidence.cpu().numpy(), r.count.cpu().numpy()
-        if len(rels) == 1:
-            ax.bar(x, np.nan_to_num(acc), width=w, color="steelblue", edgecolor="k", label="accuracy")
-            gap = np.nan_to_num(conf - acc)
-            ax.bar(x, gap, bottom=np.nan_to_num(acc), width=w, color=np.where(gap > 0, "crimson", "royalblue"), alpha=0.35, label="gap")
-        else:
-            ax.plot(conf, acc, "o-", label=_title(r))
-        axh.bar(x, cnt, width=w, alpha=0.6 if len(rels) > 1 else 1, label=r.name)
-        s = r.smooth
-        if smooth and s is not None:
-            t = s.t.cpu().numpy()
-            if s.low is not None: ax.fill_between(t, s.low.cpu().numpy(), s.high.cpu().numpy(), alpha=0.25)
-            ax.plot(t, s.accuracy.cpu().numpy(), label=f"{r.name} smooth (σ={s.sigma:.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=_title(rels[0]) if len(rels) == 1 else "reliability")
-    axh.set(xlabel="confidence", ylabel="count")
-    ax.legend(fontsize=7)
-    return fig
+    return reliability_diagram([_diagram(r, smooth) for r in rels], title=_title(rels[0]) if len(rels) == 1 else "reliability", backend=backend, ax=ax)
 
 # %% ../nbs/05_calibration.ipynb #8cbf8582
 def _check_logits(logits, labels, ignore_index):

@@ -18,12 +18,13 @@ from torch.utils._pytree import tree_map, tree_leaves
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'HALF_DTYPES', 'dist_info', 'progress', 'make_generator', 'preserved', 'unwrap', 'canonical_names',
-           'select_params', 'ParamSpec', 'to_device', 'call_model', 'batch_size', 'is_batch', 'Batches',
-           'all_reduce_sum', 'model_device', 'synchronize', 'has_random_layers', 'eval_semantics', 'check_loss_fn',
-           'model_loss', 'compute_loss', 'accumulation_dtype', 'upcast', 'upcast_outputs', 'output_logits',
-           'split_outputs', 'FunctionalLoss', 'check_scalar_loss', 'calls_attention', 'math_attention',
-           'torch_limitation', 'default_budget', 'available_memory', 'chunk_count']
+__all__ = ['WEIGHTINGS', 'HALF_DTYPES', 'dist_info', 'shard', 'gather_blocks', 'progress', 'make_generator', 'preserved',
+           'unwrap', 'canonical_names', 'select_params', 'detached_params', 'ParamSpec', 'to_device', 'call_model',
+           'batch_size', 'is_batch', 'Batches', 'all_reduce_sum', 'model_device', 'synchronize', 'has_random_layers',
+           'eval_semantics', 'check_loss_fn', 'model_loss', 'compute_loss', 'accumulation_dtype', 'upcast',
+           'upcast_outputs', 'output_logits', 'split_outputs', 'FunctionalLoss', 'check_scalar_loss', 'accuracy',
+           'next_token_accuracy', 'resolve_metrics', 'calls_attention', 'math_attention', 'torch_limitation',
+           'default_budget', 'available_memory', 'chunk_count']
 
 # %% ../nbs/00_core.ipynb #61bf1d69
 def dist_info() -> tuple[int, int]:
@@ -31,6 +32,26 @@ def dist_info() -> tuple[int, int]:
     d = torch.distributed
     if d.is_available() and d.is_initialized(): return d.get_rank(), d.get_world_size()
     return 0, 1
+
+# %% ../nbs/00_core.ipynb #f3163438
+def shard(n:int, # number of work items
+          rank:int|None=None, world:int|None=None, # defaults: this process's rank and the group's size
+         ) -> range:
+    "The contiguous block of `range(n)` that `rank` of `world` works on"
+    if rank is None or world is None: rank, world = dist_info()
+    if not 0 <= rank < world: raise ValueError(f"`rank` must be in [0, {world}), got {rank}")
+    q, r = divmod(n, world)
+    start = rank * q + min(rank, r)
+    return range(start, start + q + (rank < r))
+
+def gather_blocks(block:Tensor, # this rank's results, first dimension over its work items
+                 ) -> Tensor:
+    "Concatenate every rank's `block` along dim 0, in rank order, on every rank"
+    _, world = dist_info()
+    if world == 1: return block
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, block.cpu())
+    return torch.cat(parts).to(block.device)
 
 # %% ../nbs/00_core.ipynb #247a09e9
 def progress(iterable=None, # what to iterate over (None for a manually updated bar)
@@ -167,6 +188,12 @@ def select_params(model:nn.Module, # the model whose parameters are selected
         else: raise TypeError(f"`params` items must be names, glob patterns or nn.Modules, got {type(it).__name__}")
         chosen |= found
     return {n: p for n, p in named.items() if n in chosen}
+
+def detached_params(model:nn.Module, # the model whose parameters are selected
+                    params=None, # as in `select_params`: None (all trainable), names/globs, submodules
+                   ) -> dict[str, Tensor]:
+    "The parameters `select_params` chooses, detached: an ordered `{name: tensor}` dict sharing their storage, without autograd history"
+    return {n: p.detach() for n, p in select_params(model, params).items()}
 
 # %% ../nbs/00_core.ipynb #40554054
 class ParamSpec:
@@ -476,7 +503,7 @@ class FunctionalLoss:
         self.model, self.loss_fn, self.train_mode = model, check_loss_fn(loss_fn), train_mode
         self.device = model_device(model)
         self.batches = Batches(data, device=self.device, cache=cache, model_loss=loss_fn is None)
-        self.params = {n: p.detach() for n, p in select_params(model, params).items()}
+        self.params = detached_params(model, params)
         self.spec = ParamSpec(self.params)
         self.fixed = {n: p.detach() for n, p in model.named_parameters() if n not in self.params}
         self.buffers = dict(model.named_buffers())
@@ -525,6 +552,38 @@ def check_scalar_loss(loss, # what `loss_fn` returned
     if not isinstance(loss, Tensor): raise TypeError(f"`loss_fn` must return a tensor, got {type(loss).__name__}")
     if loss.numel() != 1: raise ValueError(f"`loss_fn` must return a scalar (a per-batch mean), got shape {tuple(loss.shape)}; use reduction='mean'")
     return loss.reshape(())
+
+# %% ../nbs/00_core.ipynb #eb5e2294
+def accuracy(outputs, # logits `(..., K)`, or model outputs holding them (`.logits`)
+             targets:Tensor, # class indices `(...)`
+             ignore_index:int=-100, # targets not counted (padding)
+            ) -> Tensor:
+    "Fraction of the counted targets (those other than `ignore_index`) equal to the argmax of the logits over the last dim"
+    logits = output_logits(outputs)
+    keep = targets != ignore_index
+    return ((logits.argmax(-1) == targets) & keep).sum().to(accumulation_dtype(logits.dtype)) / keep.sum()
+
+def next_token_accuracy(outputs, # a causal language model's logits `(B, T, V)`, or outputs holding them
+                        targets:Tensor, # token labels `(B, T)`, as given to the model (it shifts them itself)
+                        ignore_index:int=-100) -> Tensor:
+    "`accuracy` of the prediction at each position for the token at the next one, as causal language models score their labels"
+    return accuracy(output_logits(outputs)[..., :-1, :], targets[..., 1:], ignore_index)
+
+def resolve_metrics(loss_fn, # the loss function, used for "loss" (None: the model's own loss)
+                    metrics=None, # None (loss only), names/callables, or a `{name: callable or "loss"/"accuracy"}` dict
+                   ) -> dict:
+    "An ordered `{name: fn(outputs, targets)}` dict of the requested metrics"
+    builtin = {'loss': lambda out, y: compute_loss(loss_fn, out, y), 'accuracy': accuracy, 'next_token_accuracy': next_token_accuracy}
+    if metrics is None: metrics = ('loss',)
+    if isinstance(metrics, (str,)) or callable(metrics): metrics = (metrics,)
+    items = metrics.items() if isinstance(metrics, Mapping) else [(m if isinstance(m, str) else getattr(m, '__name__', f'metric{i}'), m) for i, m in enumerate(metrics)]
+    out = {}
+    for name, m in items:
+        fn = builtin.get(m) if isinstance(m, str) else m
+        if not callable(fn): raise ValueError(f"`metrics`: {name!r} is neither one of {list(builtin)} nor a callable")
+        out[name] = fn
+    if not out: raise ValueError("`metrics` is empty")
+    return out
 
 # %% ../nbs/00_core.ipynb #b9d86770
 class _SeesAttention(TorchFunctionMode):

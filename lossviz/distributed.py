@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from .core import dist_info
+from .core import dist_info, shard, gather_blocks
+_all_ = ['shard', 'gather_blocks']   # defined in core (the landscape grid shards its points without importing this module); part of this module's API too
 
 # %% auto #0
 __all__ = ['RankError', 'free_port', 'launch', 'merge_over_ranks', 'shard', 'gather_blocks']
@@ -76,23 +77,3 @@ def merge_over_ranks(acc, # an accumulator with a `merge(other)` method, e.g. `g
     out = copy.deepcopy(parts[0])
     for p in parts[1:]: out.merge(p)
     return out
-
-# %% ../nbs/09_distributed.ipynb #d5997738
-def shard(n:int, # number of work items
-          rank:int|None=None, world:int|None=None, # defaults: this process's rank and the group's size
-         ) -> range:
-    "The contiguous block of `range(n)` that `rank` of `world` works on"
-    if rank is None or world is None: rank, world = dist_info()
-    if not 0 <= rank < world: raise ValueError(f"`rank` must be in [0, {world}), got {rank}")
-    q, r = divmod(n, world)
-    start = rank * q + min(rank, r)
-    return range(start, start + q + (rank < r))
-
-def gather_blocks(block:torch.Tensor, # this rank's results, first dimension over its work items
-                 ) -> torch.Tensor:
-    "Concatenate every rank's `block` along dim 0, in rank order, on every rank"
-    _, world = dist_info()
-    if world == 1: return block
-    parts = [None] * world
-    dist.all_gather_object(parts, block.cpu())
-    return torch.cat(parts).to(block.device)

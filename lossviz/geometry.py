@@ -14,8 +14,9 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from .core import (Batches, call_model, output_logits, preserved, eval_semantics, progress, model_device, make_generator,
                           unwrap, canonical_names, accumulation_dtype, upcast)
-from .kernels import tiled_uniformity
+from .kernels import uniformity_loss
 from .losses import alignment_loss
+from .plots import heatmap_pair, lines, scatter
 
 # %% auto #0
 __all__ = ['features', 'ClassStats', 'class_stats', 'NeuralCollapse', 'neural_collapse', 'ncc_agreement', 'alignment',
@@ -492,58 +493,26 @@ def ncc_agreement(model:nn.Module, # the network (left untouched); its outputs a
 # %% ../nbs/06_geometry.ipynb #4448f7b0
 def _cosines(R):
     U = R / R.norm(dim=1, keepdim=True)
-    return (U @ U.T).cpu().double().numpy()
+    return U @ U.T
 
 def _plot_cosines(nc, of, backend):
+    "Cosines of the centred class means (or the classifier rows) next to the simplex-ETF target"
     if of not in ('means', 'classifier'): raise ValueError(f"`of` must be 'means' or 'classifier', got {of!r}")
     if of == 'classifier' and nc.classifier is None: raise ValueError("`of`='classifier' needs the result to have been computed with `classifier=`")
     R = nc.means - nc.global_mean if of == 'means' else nc.classifier
     C = len(R)
-    cos = _cosines(R)
-    import numpy as np
-    target = np.full((C, C), -1 / (C - 1)); np.fill_diagonal(target, 1.0)
+    target = torch.full((C, C), -1 / (C - 1), dtype=torch.float64).fill_diagonal_(1.0)
     titles = (f"cosines of {'centred class means' if of == 'means' else 'classifier rows'}", "simplex ETF target")
-    if backend == 'plotly':
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-        fig = make_subplots(1, 2, subplot_titles=titles)
-        for i, z in enumerate((cos, target)):
-            fig.add_trace(go.Heatmap(z=z, zmin=-1, zmax=1, colorscale='RdBu', reversescale=True, showscale=i == 1), 1, i + 1)
-        fig.update_yaxes(autorange='reversed')
-        return fig
-    if backend == 'matplotlib':
-        import matplotlib.pyplot as plt
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-        for ax, z, t in zip(axes, (cos, target), titles):
-            im = ax.imshow(z, vmin=-1, vmax=1, cmap='RdBu_r'); ax.set_title(t, fontsize=9)
-        fig.colorbar(im, ax=axes, shrink=0.8)
-        return fig
-    raise ValueError(f"`backend` must be 'plotly' or 'matplotlib', got {backend!r}")
+    return heatmap_pair(_cosines(R), target, titles, backend=backend)
 
 def _plot_projection(nc, dims, backend):
+    "Class means (centred) and classifier rows (scaled to the same norm) on the top principal directions of the means"
     if dims not in (2, 3): raise ValueError(f"`dims` must be 2 or 3, got {dims}")
     Mc = nc.means - nc.global_mean
     V = torch.linalg.svd(Mc, full_matrices=False)[2][:dims]
-    pts = {'class means': (Mc @ V.T).cpu().double().numpy()}
-    if nc.classifier is not None: pts['classifier rows'] = (nc.classifier * (Mc.norm() / nc.classifier.norm()) @ V.T).cpu().double().numpy()
-    labels = [str(c) for c in range(len(Mc))]
-    if backend == 'plotly':
-        import plotly.graph_objects as go
-        fig = go.Figure()
-        for (name, P), sym in zip(pts.items(), ('circle', 'x')):
-            if dims == 2: fig.add_trace(go.Scatter(x=P[:, 0], y=P[:, 1], mode='markers+text', text=labels, name=name, marker_symbol=sym))
-            else: fig.add_trace(go.Scatter3d(x=P[:, 0], y=P[:, 1], z=P[:, 2], mode='markers+text', text=labels, name=name, marker_symbol=sym))
-        return fig.update_layout(title="class means and classifier rows (top principal directions of the means)")
-    if backend == 'matplotlib':
-        import matplotlib.pyplot as plt
-        fig = plt.figure(figsize=(5, 4.5))
-        ax = fig.add_subplot(projection='3d' if dims == 3 else None)
-        for (name, P), m in zip(pts.items(), ('o', 'x')):
-            ax.scatter(*P.T, marker=m, label=name)
-            for l, p in zip(labels, P): ax.text(*p, l, fontsize=8)
-        ax.legend(fontsize=8)
-        return fig
-    raise ValueError(f"`backend` must be 'plotly' or 'matplotlib', got {backend!r}")
+    pts = {'class means': Mc @ V.T}
+    if nc.classifier is not None: pts['classifier rows'] = nc.classifier * (Mc.norm() / nc.classifier.norm()) @ V.T
+    return scatter(pts, text=range(len(Mc)), title="class means and classifier rows (top principal directions of the means)", backend=backend)
 
 # %% ../nbs/06_geometry.ipynb #ca20bc5a
 def _sphere(x:Tensor, normalize:bool|None, name:str) -> Tensor:
@@ -579,7 +548,7 @@ def uniformity(x:Tensor, # (N, d) embeddings, N >= 2
     if len(x) < 2: raise ValueError("`x` needs at least 2 rows")
     if t <= 0: raise ValueError(f"`t` must be positive, got {t}")
     if tile is not None and tile < 1: raise ValueError(f"`tile` must be positive, got {tile}")
-    return tiled_uniformity(_sphere(x, normalize, 'x'), t=float(t), block=tile)
+    return uniformity_loss(_sphere(x, normalize, 'x'), t=float(t), normalize=False, block=tile)
 
 # %% ../nbs/06_geometry.ipynb #69f2fc8d
 @dataclass
@@ -617,17 +586,8 @@ class Spectrum:
 
     def plot(self, backend:str='plotly'):
         "Singular values against their index on log-log axes"
-        k = list(range(1, len(self.values) + 1)); v = self.values.cpu().double().tolist()
-        title = f"singular values (RankMe {self.rankme():.1f})"
-        if backend == 'plotly':
-            import plotly.graph_objects as go
-            return go.Figure(go.Scatter(x=k, y=v, mode='lines+markers')).update_layout(title=title, xaxis_type='log', yaxis_type='log', xaxis_title='index', yaxis_title='singular value')
-        if backend == 'matplotlib':
-            import matplotlib.pyplot as plt
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            ax.loglog(k, v, '.-'); ax.set_xlabel('index'); ax.set_ylabel('singular value'); ax.set_title(title)
-            return fig
-        raise ValueError(f"`backend` must be 'plotly' or 'matplotlib', got {backend!r}")
+        return lines(torch.arange(1, len(self.values) + 1), {'singular values': self.values}, title=f"singular values (RankMe {self.rankme():.1f})",
+                     xlabel='index', ylabel='singular value', xscale='log', yscale='log', mode='lines+markers', backend=backend, figsize=(5, 3.5))
 
 # %% ../nbs/06_geometry.ipynb #eff4586b
 def spectrum(z, # (N, d) features, or a `ClassStats` (streamed second moments)
@@ -726,19 +686,9 @@ class Tracker:
              backend:str='plotly'):
         "Metrics against the step, on a log scale"
         if not self.history: raise ValueError("nothing recorded yet: call the tracker from the training loop first")
-        steps = [r['step'] for r in self.history]
-        series = {m: [r.get(m) for r in self.history] for m in metrics if any(r.get(m) is not None for r in self.history)}
-        if backend == 'plotly':
-            import plotly.graph_objects as go
-            fig = go.Figure([go.Scatter(x=steps, y=v, mode='lines+markers', name=m) for m, v in series.items()])
-            return fig.update_layout(yaxis_type='log', xaxis_title='step', title='representation geometry during training')
-        if backend == 'matplotlib':
-            import matplotlib.pyplot as plt
-            fig, ax = plt.subplots(figsize=(6, 3.5))
-            for m, v in series.items(): ax.plot(steps, [float('nan') if x is None else x for x in v], '.-', label=m)
-            ax.set_yscale('log'); ax.set_xlabel('step'); ax.legend(fontsize=8)
-            return fig
-        raise ValueError(f"`backend` must be 'plotly' or 'matplotlib', got {backend!r}")
+        series = {m: [r.get(m) for r in self.history] for m in metrics if any(r.get(m) is not None for r in self.history)}   # None: not measured (NaN, a gap)
+        return lines([r['step'] for r in self.history], series, title='representation geometry during training', xlabel='step',
+                     yscale='log', mode='lines+markers', backend=backend)
 
 def track(model:nn.Module, layer, data, every:int=1, **kwargs) -> Tracker:
     "A `Tracker` of `layer`'s geometry on `data`, recording every `every` steps (see `Tracker` for the options)"

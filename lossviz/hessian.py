@@ -16,6 +16,7 @@ from fastcore.basics import patch
 from .core import (FunctionalLoss, ParamSpec, select_params, preserved, progress, make_generator, batch_size, chunk_count,
                           default_budget, call_model, synchronize, check_scalar_loss, split_outputs, calls_attention,
                           math_attention, torch_limitation, has_random_layers, available_memory, accumulation_dtype)
+from . import plots
 
 # %% auto #0
 __all__ = ['CURVATURES', 'METHODS', 'LINEARIZE_AFTER', 'WHICH', 'Hessian', 'basis_size', 'lanczos', 'EigenResult', 'TraceResult',
@@ -535,37 +536,14 @@ class EigenResult:
         return _bars([str(i) for i in range(len(self.values))], self.values.tolist(), None, title, 'eigenvalue', backend)
 
 # %% ../nbs/03_hessian.ipynb #fa4b1548
-def _check_backend(backend):
-    if backend not in ('plotly', 'matplotlib'): raise ValueError(f"`backend` must be 'plotly' or 'matplotlib', got {backend!r}")
-
 def _bars(labels, values, errors, title, ylabel, backend):
-    "A bar chart (plotly `go.Figure` or matplotlib `Figure`)"
-    _check_backend(backend)
-    if backend == 'plotly':
-        import plotly.graph_objects as go
-        err = None if errors is None else dict(type='data', array=list(errors))
-        return go.Figure(go.Bar(x=labels, y=values, error_y=err), layout=dict(title=title, yaxis_title=ylabel))
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(labels, values, yerr=errors); ax.set_title(title); ax.set_ylabel(ylabel)
-    plt.close(fig)
-    return fig
+    "A bar chart, drawn by `lossviz.plots`"
+    return plots.bars(labels, values, errors, title=title, ylabel=ylabel, backend=backend)
 
 def _curves(x, curves:dict, title, scale, backend, xlabel='eigenvalue', ylabel='density'):
-    "Line plot of `{name: y}` over `x`, linear or log y axis"
-    _check_backend(backend)
+    "Curves `{name: y}` over `x` on a linear or log y axis, drawn by `lossviz.plots`"
     if scale not in ('linear', 'log'): raise ValueError(f"`scale` must be 'linear' or 'log', got {scale!r}")
-    if backend == 'plotly':
-        import plotly.graph_objects as go
-        fig = go.Figure([go.Scatter(x=x.tolist(), y=y.tolist(), mode='lines', name=n) for n, y in curves.items()])
-        return fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, yaxis_type=scale)
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for n, y in curves.items(): ax.plot(x.numpy(), y.numpy(), label=n)
-    ax.set_yscale(scale); ax.set_title(title); ax.set_xlabel(xlabel); ax.set_ylabel(ylabel)
-    if len(curves) > 1: ax.legend()
-    plt.close(fig)
-    return fig
+    return plots.lines(x, curves, title=title, xlabel=xlabel, ylabel=ylabel, yscale=scale, backend=backend)
 
 # %% ../nbs/03_hessian.ipynb #59a8ccd3
 @patch

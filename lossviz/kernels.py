@@ -10,12 +10,14 @@ import math, os, warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from .core import accumulation_dtype
+from .losses import _REDUCTIONS, _check_float, _check_params, _embeddings, _reduce, _views
 
 # %% auto #0
 __all__ = ['block_bytes', 'linear_cross_entropy', 'linear_target_logprobs', 'TokenStats', 'linear_softmax_stats', 'info_nce_loss',
-           'siglip_loss', 'tiled_uniformity', 'gaussian_kernel_sum', 'softmax_hessian_product', 'extra_peak_memory']
+           'siglip_loss', 'uniformity_loss', 'gaussian_kernel_sum', 'softmax_hessian_product']
 
 # %% ../nbs/02_kernels.ipynb #3b461a0d
 def block_bytes(device:torch.device|str='cpu') -> int:
@@ -367,11 +369,6 @@ class _LinearCE(torch.autograd.Function):
         return *out, None, None, None, None
 
 # %% ../nbs/02_kernels.ipynb #08f5f7cb
-_REDUCTIONS = ('mean', 'sum', 'none')
-
-def _check_float(x, name):
-    if not isinstance(x, Tensor) or not x.is_floating_point(): raise TypeError(f"`{name}` must be a floating-point tensor, got {type(x).__name__ if not isinstance(x, Tensor) else x.dtype}")
-
 def _check_lce(hidden, weight, target, bias, ignore_index, label_smoothing, reduction, z_loss, softcap):
     "Validate the arguments of `linear_cross_entropy`; returns (hidden as (N, d), target as (N,))"
     _check_float(hidden, 'hidden'); _check_float(weight, 'weight')
@@ -488,115 +485,119 @@ def _tile_side(block, x):
     "Tile side: `block` if given, else the largest multiple of 64 whose square tile fits `block_bytes / 8`"
     return block or _square_block(block_bytes(x.device) // 8, accumulation_dtype(x.dtype).itemsize, x.shape[0])
 
-def _check_pair(q, k, name_q='q', name_k='k', paired=False):
+def _check_pair(x, y, name_x='x', name_y='y', paired=False):
     "Two float (n, d) matrices with the same d, dtype and device (and, when `paired`, the same n: row i of one pairs with row i of the other)"
-    _check_float(q, name_q); _check_float(k, name_k)
-    if q.dim() != 2 or k.dim() != 2 or q.shape[1] != k.shape[1]: raise ValueError(f"`{name_q}` and `{name_k}` must be (n, d) matrices with the same d, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if q.dtype != k.dtype: raise TypeError(f"`{name_q}` ({q.dtype}) and `{name_k}` ({k.dtype}) must have the same dtype")
-    if q.device != k.device: raise ValueError(f"`{name_q}` and `{name_k}` must be on one device, got {q.device} and {k.device}")
-    if q.shape[0] == 0 or k.shape[0] == 0: raise ValueError(f"`{name_q}`/`{name_k}` are empty")
-    if paired and q.shape[0] != k.shape[0]: raise ValueError(f"`{name_q}` and `{name_k}` must hold the same number of pairs, got {q.shape[0]} and {k.shape[0]}")
+    _check_float(x, name_x); _check_float(y, name_y)
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]: raise ValueError(f"`{name_x}` and `{name_y}` must be (n, d) matrices with the same d, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.dtype != y.dtype: raise TypeError(f"`{name_x}` ({x.dtype}) and `{name_y}` ({y.dtype}) must have the same dtype")
+    if x.device != y.device: raise ValueError(f"`{name_x}` and `{name_y}` must be on one device, got {x.device} and {y.device}")
+    if x.shape[0] == 0 or y.shape[0] == 0: raise ValueError(f"`{name_x}`/`{name_y}` are empty")
+    if paired and x.shape[0] != y.shape[0]: raise ValueError(f"`{name_x}` and `{name_y}` must hold the same number of pairs, got {x.shape[0]} and {y.shape[0]}")
 
 def _as_scalar(x, like, name):
     "A float or 0-d tensor argument as a 0-d tensor in the accumulation dtype of `like` (keeps its autograd graph)"
     if isinstance(x, Tensor):
         if x.numel() != 1: raise ValueError(f"`{name}` must be a scalar, got shape {tuple(x.shape)}")
         return x.reshape(()).to(accumulation_dtype(like.dtype))
-    if name == 'temperature' and not x > 0: raise ValueError(f"`temperature` must be positive, got {x}")
     return torch.tensor(float(x), dtype=accumulation_dtype(like.dtype), device=like.device)
 
 # %% ../nbs/02_kernels.ipynb #e6f0505a
 class _InfoNCE(torch.autograd.Function):
-    "Tiled InfoNCE/CLIP loss with recomputation in backward"
+    "Tiled per-row InfoNCE losses (with `symmetric`, the mean of row i's and column i's), recomputing the tiles in backward"
     @staticmethod
-    def forward(ctx, q, k, scale, symmetric, block):
-        acc, N = accumulation_dtype(q.dtype), q.shape[0]
-        rows, cols = _LSE(N, acc, q.device), _LSE(N, acc, q.device)
+    def forward(ctx, x, y, scale, symmetric, block):
+        acc, N = accumulation_dtype(x.dtype), x.shape[0]
+        rows, cols = _LSE(N, acc, x.device), _LSE(N, acc, x.device) if symmetric else None
         for i, j in _tiles(N, N, block):
-            s = _mm(q[i], k[j].T) * scale
-            rows.update(i, s, dim=1)
-            cols.update(j, s, dim=0, inplace=True)
-        diag = (q.to(acc) * k.to(acc)).sum(1) * scale
-        lse_r, lse_c = rows.lse(), cols.lse()
-        loss = (lse_r - diag).mean()
-        if symmetric: loss = (loss + (lse_c - diag).mean()) / 2
-        ctx.save_for_backward(q, k, scale, lse_r, lse_c, diag)
+            s = _mm(x[i], y[j].T) * scale
+            rows.update(i, s, dim=1, inplace=cols is None)
+            if cols is not None: cols.update(j, s, dim=0, inplace=True)
+        diag = (x.to(acc) * y.to(acc)).sum(1) * scale
+        lse_r, lse_c = rows.lse(), cols.lse() if symmetric else None
+        loss = lse_r - diag
+        if symmetric: loss = (loss + lse_c - diag) / 2
+        ctx.save_for_backward(x, y, scale, lse_r, lse_c, diag)
         ctx.symmetric, ctx.block = symmetric, block
-        return loss.to(q.dtype)
+        return loss
 
     @staticmethod
     def backward(ctx, g):
         _first_order_only()
-        q, k, scale, lse_r, lse_c, diag = ctx.saved_tensors
-        N, acc = q.shape[0], lse_r.dtype
-        wr = g.to(acc) / N / (2 if ctx.symmetric else 1)
+        x, y, scale, lse_r, lse_c, diag = ctx.saved_tensors
+        N, acc = x.shape[0], lse_r.dtype
+        wr = g.to(acc) / (2 if ctx.symmetric else 1)       # weight of each row's (and column's) term
         wc = wr if ctx.symmetric else None
-        dq, dk = torch.zeros_like(q, dtype=acc), torch.zeros_like(k, dtype=acc)
-        dscale = torch.zeros((), dtype=acc, device=q.device)
+        dx, dy = torch.zeros_like(x, dtype=acc), torch.zeros_like(y, dtype=acc)
+        dscale = torch.zeros((), dtype=acc, device=x.device)
         for i, j in _tiles(N, N, ctx.block):
-            s = _mm(q[i], k[j].T) * scale
-            dS = torch.exp(s - lse_r[i, None]).mul_(wr)
-            if wc is not None: dS += torch.exp(s - lse_c[None, j]).mul_(wc)
-            dscale += (dS * s).sum() / scale
-            _tile_grads_(dS * scale, q, k, i, j, dq, dk)
+            s = _mm(x[i], y[j].T) * scale
+            dS = torch.exp(s - lse_r[i, None]).mul_(wr[i, None])
+            if wc is not None: dS += torch.exp(s - lse_c[None, j]).mul_(wc[None, j])
+            if ctx.needs_input_grad[2]: dscale += (dS * s).sum() / scale
+            _tile_grads_(dS * scale, x, y, i, j, dx, dy)
         wdiag = wr + (wc if wc is not None else 0)         # the -delta_ij terms
-        dq.addcmul_(k.to(acc), wdiag * scale, value=-1); dk.addcmul_(q.to(acc), wdiag * scale, value=-1)   # no N x d temporaries
-        dscale -= wdiag * diag.sum() / scale
-        return dq.to(q.dtype), dk.to(k.dtype), dscale, None, None
+        dx.addcmul_(y.to(acc), (wdiag * scale)[:, None], value=-1); dy.addcmul_(x.to(acc), (wdiag * scale)[:, None], value=-1)   # no N x d temporaries
+        dscale -= (wdiag * diag).sum() / scale
+        return dx.to(x.dtype), dy.to(y.dtype), dscale, None, None
 
-def info_nce_loss(q:Tensor, # (N, d) queries / image embeddings
-                  k:Tensor, # (N, d) keys / text embeddings; row i of `k` is the positive of row i of `q`
-                  temperature:float|Tensor=0.07, # similarities are `q @ k.T / temperature` (a tensor may require grad)
-                  symmetric:bool=True, # True: CLIP (mean of both directions); False: one-directional InfoNCE
+def info_nce_loss(x:Tensor, # (N, D) queries / image embeddings
+                  y:Tensor, # (N, D) keys / text embeddings; y[i] is the positive of x[i]
+                  temperature:float|Tensor=0.07, # temperature tau (a tensor may require grad)
+                  symmetric:bool=False, # average the x->y and y->x directions (CLIP)
+                  reduction:str='mean', # over queries: 'mean' | 'sum' | 'none'
                   block:int|None=None, # tile side (None: from `block_bytes`)
                  ) -> Tensor:
-    "InfoNCE / CLIP loss with in-batch negatives, tiled: memory linear in the batch size"
-    _check_pair(q, k, paired=True)
-    scale = 1 / _as_scalar(temperature, q, 'temperature')
-    return _InfoNCE.apply(q, k, scale, symmetric, _tile_side(block, q))
+    "`lossviz.losses.info_nce_loss` (InfoNCE on cosine similarities), tiled: memory linear in the batch size"
+    _check_pair(x, y, paired=True)
+    _check_params(dict(temperature=temperature, reduction=reduction), positive=('temperature',))
+    x, y = _views(x, y)
+    l = _InfoNCE.apply(x, y, 1 / _as_scalar(temperature, x, 'temperature'), symmetric, _tile_side(block, x))
+    return _reduce(l, reduction).to(x.dtype)
 
 # %% ../nbs/02_kernels.ipynb #e231ad90
 class _SigLIP(torch.autograd.Function):
-    "Tiled SigLIP loss with recomputation in backward"
+    "Tiled per-row SigLIP losses, recomputing the tiles in backward"
     @staticmethod
-    def forward(ctx, q, k, scale, bias, block):
-        acc, N = accumulation_dtype(q.dtype), q.shape[0]
-        total = torch.zeros((), dtype=acc, device=q.device)
+    def forward(ctx, x, y, scale, bias, block):
+        acc, N = accumulation_dtype(x.dtype), x.shape[0]
+        rows = torch.zeros(N, dtype=acc, device=x.device)
         for i, j in _tiles(N, N, block):
-            total += torch.nn.functional.softplus(_mm(q[i], k[j].T) * scale + bias).sum()
-        diag = (q.to(acc) * k.to(acc)).sum(1)
-        loss = (total - (diag * scale + bias).sum()) / N
-        ctx.save_for_backward(q, k, scale, bias, diag)
+            rows[i] -= F.logsigmoid(_mm(x[i], y[j].T).mul_(-scale).sub_(bias)).sum(1)    # softplus(l) = -log sigma(-l)
+        diag = (x.to(acc) * y.to(acc)).sum(1)
+        ctx.save_for_backward(x, y, scale, bias, diag)
         ctx.block = block
-        return loss.to(q.dtype)
+        return rows - (diag * scale + bias)
 
     @staticmethod
     def backward(ctx, g):
         _first_order_only()
-        q, k, scale, bias, diag = ctx.saved_tensors
-        N, acc = q.shape[0], scale.dtype
-        w = g.to(acc) / N
-        dq, dk = torch.zeros_like(q, dtype=acc), torch.zeros_like(k, dtype=acc)
-        dscale, dbias = torch.zeros((), dtype=acc, device=q.device), torch.zeros((), dtype=acc, device=q.device)
+        x, y, scale, bias, diag = ctx.saved_tensors
+        N, acc = x.shape[0], scale.dtype
+        w = g.to(acc)
+        dx, dy = torch.zeros_like(x, dtype=acc), torch.zeros_like(y, dtype=acc)
+        dscale, dbias = torch.zeros((), dtype=acc, device=x.device), torch.zeros((), dtype=acc, device=x.device)
         for i, j in _tiles(N, N, ctx.block):
-            raw = _mm(q[i], k[j].T)
-            dS = torch.sigmoid(raw * scale + bias).mul_(w)
+            raw = _mm(x[i], y[j].T)
+            dS = torch.sigmoid(raw * scale + bias).mul_(w[i, None])
             dscale += (dS * raw).sum(); dbias += dS.sum()
-            _tile_grads_(dS * scale, q, k, i, j, dq, dk)
-        dq.addcmul_(k.to(acc), w * scale, value=-1); dk.addcmul_(q.to(acc), w * scale, value=-1)
-        dscale -= w * diag.sum(); dbias -= w * N
-        return dq.to(q.dtype), dk.to(k.dtype), dscale, dbias, None
+            _tile_grads_(dS * scale, x, y, i, j, dx, dy)
+        dx.addcmul_(y.to(acc), (w * scale)[:, None], value=-1); dy.addcmul_(x.to(acc), (w * scale)[:, None], value=-1)
+        dscale -= (w * diag).sum(); dbias -= w.sum()
+        return dx.to(x.dtype), dy.to(y.dtype), dscale, dbias, None
 
-def siglip_loss(q:Tensor, # (N, d) image embeddings
-                k:Tensor, # (N, d) text embeddings; row i of `k` matches row i of `q`
-                temperature:float|Tensor=0.1, # logits are `q @ k.T / temperature + bias` (a tensor may require grad)
-                bias:float|Tensor=-10.0, # logit bias (SigLIP initialises it at -10; a tensor may require grad)
+def siglip_loss(x:Tensor, # (N, D) image embeddings
+                y:Tensor, # (N, D) text embeddings; (x[i], y[i]) are the positive pairs
+                scale:float|Tensor=10.0, # temperature t (exp of the learnable t'; a tensor may require grad)
+                bias:float|Tensor=-10.0, # bias b (a tensor may require grad)
+                reduction:str='mean', # over images: 'mean' (the paper's 1/N sum) | 'sum' | 'none'
                 block:int|None=None, # tile side (None: from `block_bytes`)
                ) -> Tensor:
-    "SigLIP pairwise sigmoid loss, tiled: memory linear in the batch size"
-    _check_pair(q, k, paired=True)
-    scale = 1 / _as_scalar(temperature, q, 'temperature')
-    return _SigLIP.apply(q, k, scale, _as_scalar(bias, q, 'bias'), _tile_side(block, q))
+    "`lossviz.losses.siglip_loss` (pairwise sigmoid loss on normalised embeddings), tiled: memory linear in the batch size"
+    _check_pair(x, y, paired=True)
+    _check_params(dict(scale=scale, reduction=reduction), positive=('scale',))
+    x, y = _views(x, y)
+    l = _SigLIP.apply(x, y, _as_scalar(scale, x, 'scale'), _as_scalar(bias, x, 'bias'), _tile_side(block, x))
+    return _reduce(l, reduction).to(x.dtype)
 
 # %% ../nbs/02_kernels.ipynb #bd1d1fec
 class _PairExp(torch.autograd.Function):
@@ -640,14 +641,17 @@ def _neg_t_dist(x, y, xn, yn, i, j, t, upper):
     return E
 
 # %% ../nbs/02_kernels.ipynb #5a38f059
-def tiled_uniformity(x:Tensor, # (N, d) embeddings (usually L2-normalised)
-                     t:float=2.0, # temperature of the Gaussian potential
-                     block:int|None=None, # tile side (None: from `block_bytes`)
-                    ) -> Tensor:
-    "Uniformity `log mean_{i<j} exp(-t ||x_i - x_j||^2)` without the N x N distance matrix"
+def uniformity_loss(x:Tensor, # (N, D) embeddings, N >= 2
+                    t:float=2.0, # scale of the Gaussian potential
+                    normalize:bool=True, # L2-normalise first
+                    block:int|None=None, # tile side (None: from `block_bytes`)
+                   ) -> Tensor:
+    "`lossviz.losses.uniformity_loss`, `log mean_{i<j} exp(-t ||x_i - x_j||^2)`, without the N x N distance matrix"
     _check_pair(x, x, 'x', 'x')
-    if x.shape[0] < 2: raise ValueError(f"`x` needs at least 2 points, got {x.shape[0]}")
-    if not t > 0: raise ValueError(f"`t` must be positive, got {t}")
+    if x.shape[0] < 2: raise ValueError(f"`x` needs at least 2 embeddings, got {x.shape[0]}")
+    _check_params(dict(t=t), positive=('t',))
+    if isinstance(t, Tensor) and t.requires_grad: raise TypeError("`t` must be a float: the tiled uniformity gives no gradient with respect to it")
+    x = _embeddings(x, 'x', normalize)
     return _PairExp.apply(x, x, float(t), True, True, _tile_side(block, x))
 
 def gaussian_kernel_sum(x:Tensor, # (N, d) points
@@ -690,57 +694,3 @@ def _chunked_lse(logits, vc, acc):
     st = _LSE(flat.shape[0], acc, logits.device)
     for v0 in range(0, flat.shape[1], vc): st.update(slice(None), flat[:, v0:v0 + vc].to(acc))
     return st.lse().reshape(*logits.shape[:-1], 1)
-
-# %% ../nbs/02_kernels.ipynb #15b09897
-_MEMORY_WORKER = """
-import json, resource, sys, torch, torch.nn.functional as F
-from lossviz.kernels import linear_cross_entropy, info_nce_loss
-torch.set_num_threads(1)     # memory does not depend on threads; one thread keeps the measurement cheap
-kind, variant, n, d, v = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
-g = torch.Generator().manual_seed(0)
-maxrss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-if kind == 'lce':
-    def run(h, W, t):
-        loss = F.cross_entropy(h @ W.T, t) if variant == 'dense' else linear_cross_entropy(h, W, t)
-        loss.backward()
-        return loss
-    mk = lambda n, v: (torch.randn(n, d, generator=g).requires_grad_(), torch.randn(v, d, generator=g).mul_(d ** -0.5).requires_grad_(),
-                       torch.randint(0, v, (n,), generator=g))
-    run(*mk(64, 256))
-    args = mk(n, v)
-    grad_bytes = (n + v) * d * 4
-else:
-    def run(q, k):
-        if variant == 'dense':
-            S = q @ k.T / 0.1
-            lab = torch.arange(q.shape[0])
-            loss = (F.cross_entropy(S, lab) + F.cross_entropy(S.T, lab)) / 2
-        else: loss = info_nce_loss(q, k, 0.1, block=512)
-        loss.backward()
-        return loss
-    mk = lambda n: tuple(F.normalize(torch.randn(n, d, generator=g), dim=1).requires_grad_() for _ in range(2))
-    run(*mk(64))
-    args = mk(n)
-    grad_bytes = 2 * n * d * 4
-try: open('/proc/self/clear_refs', 'w').write('5')
-except OSError: pass
-base = maxrss()
-loss = run(*args)
-print(json.dumps(dict(extra=maxrss() - base, grad_bytes=grad_bytes, loss=loss.item())))
-"""
-
-def extra_peak_memory(kind:str, # 'lce' (linear + cross-entropy, float32) or 'nce' (CLIP-style InfoNCE, temperature 0.1)
-                      variant:str, # 'dense' (materialised logits/similarities) or 'fused' ('lce') / 'tiled' ('nce')
-                      n:int, # tokens ('lce') or pairs ('nce')
-                      d:int, # hidden / embedding size
-                      v:int=0, # vocabulary size ('lce')
-                      timeout:float=600, # seconds before the process is stopped
-                     ) -> dict:
-    "Extra peak memory (bytes) of one forward+backward pass, measured in a fresh process: `extra`, `grad_bytes` (the gradients alone) and `loss`"
-    import json, subprocess, sys
-    if kind not in ('lce', 'nce'): raise ValueError(f"`kind` must be 'lce' or 'nce', got {kind!r}")
-    if variant not in ('dense', 'fused' if kind == 'lce' else 'tiled'): raise ValueError(f"`variant` {variant!r} is not one of {kind!r}'s")
-    if kind == 'lce' and v < 1: raise ValueError(f"`v` must be >= 1 for 'lce', got {v}")
-    out = subprocess.run([sys.executable, '-c', _MEMORY_WORKER, kind, variant, str(n), str(d), str(v)], capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0: raise RuntimeError(f"the measuring process failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])

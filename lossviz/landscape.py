@@ -1,4 +1,4 @@
-"""Loss-landscape slices: directions, 1D/2D slices and 3D volumes, interpolation and curves between models, trajectories, sharpness, and a batched grid evaluator.
+"""Loss-landscape slices: directions, 1D/2D slices and 3D volumes, interpolation and curves between models, trajectories and sharpness, evaluated by the grid engine of `lossviz.grid`.
 
 Docs: https://lossviz.github.io/lossviz/landscape.html.md"""
 
@@ -6,36 +6,32 @@ Docs: https://lossviz.github.io/lossviz/landscape.html.md"""
 
 # %% ../nbs/04_landscape.ipynb #25b51cad
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, time, warnings
+import dataclasses, json, math, os, time, warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-import torch, torch.fx
+import torch
 from torch import nn, Tensor
-from torch.func import functional_call, vmap
-from torch.utils._pytree import tree_leaves
-from torch.utils._python_dispatch import TorchDispatchMode
 from fastcore.basics import patch
-from .core import (progress, make_generator, select_params, ParamSpec, Batches, model_device, eval_semantics,
-                          chunk_count, default_budget, FunctionalLoss, dist_info, all_reduce_sum, call_model, synchronize,
-                          check_loss_fn, compute_loss, output_logits, math_attention, unwrap, canonical_names, upcast_outputs,
-                          accumulation_dtype)
-from .distributed import shard as shard_range, gather_blocks
+from .core import (progress, make_generator, ParamSpec, eval_semantics, FunctionalLoss, dist_info, all_reduce_sum, unwrap,
+                          canonical_names, accumulation_dtype, detached_params, shard as shard_range, gather_blocks)
+from .core import accuracy, next_token_accuracy, resolve_metrics   # re-exported: defined in core since the grid engine moved out
+from .grid import GridEvaluator, LOOP_CHUNK_SECONDS
+from . import plots
 
 # %% auto #0
-__all__ = ['LOOP_CHUNK_SECONDS', 'param_spec', 'as_direction', 'normalize_direction', 'random_direction', 'orthogonalize',
-           'random_directions', 'direction_between', 'direction_from_vector', 'PCADirections', 'pca_directions',
-           'project_trajectory', 'accuracy', 'next_token_accuracy', 'resolve_metrics', 'GridEvaluator', 'Landscape',
-           'evaluate_grid', 'slice_1d', 'slice_2d', 'slice_3d', 'slice_nd', 'interpolate', 'Barrier', 'loss_barrier',
-           'curve_coefficients', 'Curve', 'fit_curve', 'Sharpness', 'sharpness']
+__all__ = ['param_spec', 'as_direction', 'normalize_direction', 'random_direction', 'orthogonalize', 'random_directions',
+           'direction_between', 'direction_from_vector', 'PCADirections', 'pca_directions', 'project_trajectory',
+           'Landscape', 'evaluate_grid', 'slice_1d', 'slice_2d', 'slice_3d', 'slice_nd', 'interpolate', 'Barrier',
+           'loss_barrier', 'curve_coefficients', 'Curve', 'fit_curve', 'Sharpness', 'sharpness']
 
 # %% ../nbs/04_landscape.ipynb #85aa4a9e
 def param_spec(model:nn.Module, # the model whose parameters the directions live on
                params=None, # None (all trainable), names/globs, or submodules, as in `core.select_params`
               ) -> ParamSpec:
     "The `ParamSpec` of the selected parameters of `model` (order of `named_parameters()`)"
-    return ParamSpec({n: p.detach() for n, p in select_params(model, params).items()})
+    return ParamSpec(detached_params(model, params))
 
 def as_direction(d, # a `{name: tensor}` dict or a flat `(P,)` tensor
                  spec:ParamSpec, # the parameters the direction must match
@@ -111,7 +107,7 @@ def random_directions(model:nn.Module, # the model (only read)
                      ) -> list[dict[str, Tensor]]:
     "`n` Gaussian random directions normalised to `model`'s weights, orthogonalised by default"
     if not isinstance(n, int) or n < 1: raise ValueError(f"`n` must be a positive int, got {n!r}")
-    w = {k: p.detach() for k, p in select_params(model, params).items()}
+    w = detached_params(model, params)
     spec = ParamSpec(w)
     g = make_generator(seed, spec.device)
     ds = [normalize_direction({k: torch.randn(t.shape, generator=g, device=t.device, dtype=t.dtype) for k, t in w.items()}, w, norm, ignore)
@@ -130,7 +126,7 @@ def direction_between(model_a:nn.Module, # start point
     missing = [n for n in spec.names if n not in pb]
     if missing: raise ValueError(f"`model_b` lacks parameters {missing[:4]} of `model_a`")
     b = as_direction({n: pb[n].detach() for n in spec.names}, spec, 'model_b')
-    return spec.unflatten(b - spec.flatten({n: p.detach() for n, p in select_params(model_a, params).items()}))
+    return spec.unflatten(b - spec.flatten(detached_params(model_a, params)))
 
 def direction_from_vector(model:nn.Module, # the model the vector lives on
                           v, # a flat `(P,)` tensor or a `{name: tensor}` dict
@@ -142,7 +138,7 @@ def direction_from_vector(model:nn.Module, # the model the vector lives on
     spec = param_spec(model, params)
     d = spec.unflatten(as_direction(v, spec, 'v'))
     if norm is None and ignore is None: return {n: t.clone() for n, t in d.items()}
-    return normalize_direction(d, {n: p.detach() for n, p in select_params(model, params).items()}, norm, ignore)
+    return normalize_direction(d, detached_params(model, params), norm, ignore)
 
 # %% ../nbs/04_landscape.ipynb #5ce05bad
 def _flat_point(p, spec, i):
@@ -189,395 +185,8 @@ def project_trajectory(trajectory:Sequence, # state_dicts, models, checkpoint pa
     "Coordinates `(T, k)` of the trajectory in the slice's directions: least squares of `theta_t - theta` on the directions"
     spec = param_spec(model, params)
     D = torch.stack([as_direction(d, spec, f'directions[{i}]') for i, d in enumerate(directions)])
-    X = torch.stack([_flat_point(p, spec, i) for i, p in enumerate(trajectory)]) - spec.flatten({n: p.detach() for n, p in select_params(model, params).items()})
+    X = torch.stack([_flat_point(p, spec, i) for i, p in enumerate(trajectory)]) - spec.flatten(detached_params(model, params))
     return torch.linalg.solve(D @ D.T, D @ X.T).T
-
-# %% ../nbs/04_landscape.ipynb #846b8a68
-def accuracy(outputs, # logits `(..., K)`, or model outputs holding them (`.logits`)
-             targets:Tensor, # class indices `(...)`
-             ignore_index:int=-100, # targets not counted (padding)
-            ) -> Tensor:
-    "Fraction of the counted targets (those other than `ignore_index`) equal to the argmax of the logits over the last dim"
-    logits = output_logits(outputs)
-    keep = targets != ignore_index
-    return ((logits.argmax(-1) == targets) & keep).sum().to(accumulation_dtype(logits.dtype)) / keep.sum()
-
-def next_token_accuracy(outputs, # a causal language model's logits `(B, T, V)`, or outputs holding them
-                        targets:Tensor, # token labels `(B, T)`, as given to the model (it shifts them itself)
-                        ignore_index:int=-100) -> Tensor:
-    "`accuracy` of the prediction at each position for the token at the next one, as causal language models score their labels"
-    return accuracy(output_logits(outputs)[..., :-1, :], targets[..., 1:], ignore_index)
-
-def resolve_metrics(loss_fn, # the loss function, used for "loss" (None: the model's own loss)
-                    metrics=None, # None (loss only), names/callables, or a `{name: callable or "loss"/"accuracy"}` dict
-                   ) -> dict:
-    "An ordered `{name: fn(outputs, targets)}` dict of the requested metrics"
-    builtin = {'loss': lambda out, y: compute_loss(loss_fn, out, y), 'accuracy': accuracy, 'next_token_accuracy': next_token_accuracy}
-    if metrics is None: metrics = ('loss',)
-    if isinstance(metrics, (str,)) or callable(metrics): metrics = (metrics,)
-    items = metrics.items() if isinstance(metrics, Mapping) else [(m if isinstance(m, str) else getattr(m, '__name__', f'metric{i}'), m) for i, m in enumerate(metrics)]
-    out = {}
-    for name, m in items:
-        fn = builtin.get(m) if isinstance(m, str) else m
-        if not callable(fn): raise ValueError(f"`metrics`: {name!r} is neither one of {list(builtin)} nor a callable")
-        out[name] = fn
-    if not out: raise ValueError("`metrics` is empty")
-    return out
-
-# %% ../nbs/04_landscape.ipynb #8ab51792
-_BN = nn.modules.batchnorm._BatchNorm
-LOOP_CHUNK_SECONDS = 0.25   # target duration of one chunk of the loop strategy (the first chunk has 4 points)
-
-class _CountBytes(TorchDispatchMode):
-    "Counts the bytes of every tensor produced while active (an upper bound on peak activation memory)"
-    def __init__(self): super().__init__(); self.bytes = 0
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.bytes += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, Tensor))
-        return out
-
-@contextlib.contextmanager
-def _bn_statistics_mode(model):
-    "BatchNorm layers in train mode with `momentum=None` (cumulative averages), everything else in eval mode; restored on exit"
-    flags = [(m, m.training) for m in model.modules()]
-    moms = [(m, m.momentum) for m in model.modules() if isinstance(m, _BN)]
-    try:
-        for m in model.modules(): m.training = isinstance(m, _BN)
-        for m, _ in moms: m.momentum = None
-        yield
-    finally:
-        for m, f in flags: m.training = f
-        for m, mo in moms: m.momentum = mo
-
-def _aliases(model):
-    "`{alias: canonical name}` for parameters and buffers registered under several names (tied weights)"
-    out, seen = {}, {}
-    for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        if id(t) in seen: out[n] = seen[id(t)]
-        else: seen[id(t)] = n
-    return out
-
-class _Host(nn.Module):
-    "Holds a module as `m`: one `functional_call` of the host swaps parameters into `m` for a whole loop over points (its forward runs a closure)"
-    def __init__(self, m:nn.Module): super().__init__(); self.m = m
-    def forward(self, body): return body()
-
-def _in_format(t:Tensor, fmt:str) -> Tensor:
-    "`t` in the memory layout `fmt` ('contiguous' or 'channels_last'; the latter applies to 4-D and 5-D tensors only)"
-    if fmt == 'channels_last' and t.dim() in (4, 5): return t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
-    return t.contiguous()
-
-# %% ../nbs/04_landscape.ipynb #867023a7
-_AFFINE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-def _has_hooks(model:nn.Module) -> bool:
-    "Whether a forward (pre-)hook is registered on `model`, a submodule, or globally: the first-layer shortcut would skip some of them"
-    M = nn.modules.module
-    return bool(M._global_forward_hooks or M._global_forward_pre_hooks) or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-
-def _sub_module(gm:torch.fx.GraphModule, inp:torch.fx.Node, nodes:list, out:torch.fx.Node|None=None) -> torch.fx.GraphModule:
-    "A module running the traced `nodes` (in graph order) of `gm` with `inp` as its one input, returning `out` (None: `nodes` end with the output)"
-    g = torch.fx.Graph()
-    env = {inp: g.placeholder('x')}
-    for n in nodes: env[n] = g.node_copy(n, env.__getitem__)
-    if out is not None: g.output(env[out])
-    return torch.fx.GraphModule(gm, g)   # submodules are shared with `gm` (and the model) under their original names
-
-def _split_first_layer(model:nn.Module):
-    "`(prefix, name, layer, rest)` with `model(x) == rest(layer(prefix(x)))` when the conditions above hold; None otherwise"
-    try:
-        with eval_semantics(model): gm = torch.fx.symbolic_trace(model)
-    except Exception: return None   # not traceable: the whole model runs at each point, which is always correct
-    nodes = list(gm.graph.nodes)
-    inputs = [n for n in nodes if n.op == 'placeholder']
-    reads_state = lambda n: n.op == 'get_attr' or (n.op == 'call_module' and any(True for _ in gm.get_submodule(n.target).state_dict()))
-    first = next((n for n in nodes if reads_state(n)), None)
-    if len(inputs) != 1 or first is None or first.op != 'call_module' or len(first.args) != 1 or first.kwargs: return None
-    if not isinstance(first.args[0], torch.fx.Node): return None
-    layer = gm.get_submodule(first.target)
-    if type(layer) not in _AFFINE_LAYERS or sum(n.op == 'call_module' and n.target == first.target for n in nodes) > 1: return None
-    before, todo = set(), [first.args[0]]
-    while todo:   # everything the first layer's input is computed from
-        n = todo.pop()
-        if n not in before: before.add(n); todo += n.all_input_nodes
-    if inputs[0] not in before or any(u is not first and u not in before for n in before for u in n.users): return None
-    prefix = _sub_module(gm, inputs[0], [n for n in nodes if n in before and n is not inputs[0]], first.args[0])
-    rest = _sub_module(gm, first, [n for n in nodes if n not in before and n is not first])
-    if {id(p) for p in layer.parameters()} & {id(p) for p in rest.parameters()}: return None
-    return prefix, first.target, layer, rest
-
-# %% ../nbs/04_landscape.ipynb #cded77d3
-class GridEvaluator:
-    "Evaluates metrics of `model` on `data` at many parameter vectors, without touching the model"
-    def __init__(self, model:nn.Module, # the model (never modified)
-                 loss_fn, # `loss_fn(outputs, targets)`, a scalar per-batch mean; None: the model's own loss (`outputs.loss`)
-                 data, # one batch (`(inputs, targets)` or a mapping) or an iterable of them, or a `core.Batches`
-                 params=None, # which parameters vary (None: all trainable)
-                 metrics=None, # see `resolve_metrics`
-                 bn:str='eval', # "eval": running statistics; "recompute": recomputed at each point
-                 bn_batches:int|None=None, # batches used to recompute BatchNorm statistics (None: all)
-                 strategy:str='auto', # "auto", "loop" or "vmap"
-                 budget:int|None=None, # memory budget in bytes for a vmap chunk (None: `core.default_budget`)
-                 autocast:torch.dtype|None=None, # run forward passes under `torch.autocast` with this dtype
-                 include_buffers:bool=False, # floating buffers vary too (for interpolation between models)
-                 first_layer:bool|str='auto', # reuse the first layer's outputs, affine in the coordinates, where the model allows: True, False or "auto" (measured)
-                 memory_format:str='auto', # layout of 4-D/5-D parameters in the loop: "contiguous", "channels_last" or "auto" (measured)
-                ):
-        if not isinstance(model, nn.Module): raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
-        model = unwrap(model)   # DataParallel, DDP and torch.compile wrappers refuse `functional_call`
-        if strategy not in ('auto', 'loop', 'vmap'): raise ValueError(f"`strategy` must be 'auto', 'loop' or 'vmap', got {strategy!r}")
-        if memory_format not in ('auto', 'contiguous', 'channels_last'): raise ValueError(f"`memory_format` must be 'auto', 'contiguous' or 'channels_last', got {memory_format!r}")
-        if bn not in ('eval', 'recompute'): raise ValueError(f"`bn` must be 'eval' or 'recompute', got {bn!r}")
-        if first_layer not in (True, False, 'auto'): raise ValueError(f"`first_layer` must be True, False or 'auto', got {first_layer!r}")
-        self.model, self.metrics, self.bn, self.strategy, self.autocast = model, resolve_metrics(check_loss_fn(loss_fn), metrics), bn, strategy, autocast
-        self.device = model_device(model)
-        self.budget = default_budget(self.device) if budget is None else budget
-        if self.budget <= 0: raise ValueError(f"`budget` must be positive, got {budget}")
-        self.batches = Batches(data, device=self.device, distributed=False, model_loss=loss_fn is None)  # sums over ranks: see `evaluate_grid`'s `shard`
-        self.n_samples = self.batches.n_samples
-        sel = {n: p.detach() for n, p in select_params(model, params).items()}
-        bufs = {n: b.detach() for n, b in model.named_buffers()}
-        if include_buffers: sel.update({n: b for n, b in bufs.items() if b.is_floating_point()})
-        self.spec = ParamSpec(sel)
-        self.base = {**{n: p.detach() for n, p in model.named_parameters()}, **bufs}
-        for n in self.spec.names: self.base.pop(n)
-        self.bn_names = self._bn_buffer_names() if bn == 'recompute' else []
-        self.bn_batches, self.first_layer = bn_batches, first_layer
-        self._aliases = _aliases(model)
-        self._split, self._affine = self._first_layer_split() if first_layer else None, None
-        self._host, self._rest_host = _Host(model), (_Host(self._split[3]) if self._split else None)
-        self.memory_format, self._fmt = memory_format, 'contiguous'
-        self._has_nd = any(len(s) in (4, 5) for s in self.spec.shapes) or any(t.dim() in (4, 5) for t in self.base.values())
-        self.chosen, self.chosen_format, self.timings, self.used_first_layer, self._bytes, self._cache = None, None, {}, False, None, None
-
-    def _bn_buffer_names(self):
-        names = [f"{mn}.{b}" if mn else b for mn, m in self.model.named_modules() if isinstance(m, _BN) and m.track_running_stats
-                 for b in ('running_mean', 'running_var', 'num_batches_tracked')]
-        if not names: raise ValueError("`bn`='recompute' but `model` has no BatchNorm layers with running statistics")
-        return names
-
-    def _ctx(self):
-        if self.autocast is None: return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
-
-    def _call(self, state, x):
-        "The model's outputs on inputs `x` with the parameters/buffers `state` (a pure function of `state`, for vmap)"
-        st = self._tied(state)
-        return self._forward(lambda *a, **k: functional_call(self.model, st, a, k, tie_weights=False, strict=False), x)
-
-    def _forward(self, module, x):
-        "`module`'s outputs on inputs `x` with whatever parameters are swapped in"
-        with self._ctx(): return call_model(module, x)
-
-    def _tied(self, state):
-        "`state` plus the aliases of tied parameters/buffers (resolved once at construction, cheaper than `tie_weights=True` per call)"
-        if not self._aliases: return state
-        return {**state, **{a: state[c] for a, c in self._aliases.items() if c in state}}
-
-    def _metric_raw(self, out, y) -> list[Tensor]:
-        "The metrics on one batch's outputs, as 0-d tensors (checked, not yet converted)"
-        vals, out = [], upcast_outputs(out)   # bf16/fp16 logits: losses and metrics reduced in float32, not rounded to 3 digits
-        for name, fn in self.metrics.items():
-            v = fn(out, y)
-            if not isinstance(v, Tensor) or v.numel() != 1: raise ValueError(f"`metrics`: {name!r} must return a scalar tensor (a per-batch mean), got {getattr(v, 'shape', type(v).__name__)}")
-            vals.append(v if v.dim() == 0 else v.reshape(()))
-        return vals
-
-    def _weighted(self, V:Tensor) -> Tensor:
-        "`(K, n_metrics)` float64 means over the data from the values `V` `(K points, batches, n_metrics)`, weighted by batch size"
-        V, tot = V.to(torch.float64), 0
-        for b, (_, _, n) in enumerate(self.batches): tot = tot + V[:, b] * n
-        return tot / self.n_samples
-
-    def _recompute_bn(self, fresh):
-        "Reset the swapped-in buffer copies `fresh` and recompute the BatchNorm running statistics into them"
-        for n, t in fresh.items(): t.fill_(1 if n.endswith('running_var') else 0)
-        with _bn_statistics_mode(self.model):
-            for i, (x, _, _) in enumerate(self.batches):
-                if self.bn_batches is not None and i >= self.bn_batches: break
-                self._forward(self.model, x)
-
-    def _mode(self):
-        "Inference mode and eval-mode semantics for the duration of an evaluation (each module's flag restored)"
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode()); stack.enter_context(eval_semantics(self.model))
-        return stack
-
-    def point(self, p:Tensor) -> Tensor:
-        "Metric values `(n_metrics,)` (float64) at the flat parameter vector `p`"
-        with self._mode(): return self._loop(p, p.new_zeros(0, len(p)), p.new_zeros(1, 0))[0]
-
-    def stacked(self, P:Tensor) -> Tensor:
-        "Metric values `(K, n_metrics)` at the `K` flat parameter vectors `P` in one vmapped pass per batch"
-        with self._mode(): return self._stacked(P)
-
-    def _loop(self, origin:Tensor, D:Tensor, C:Tensor) -> Tensor:
-        "Metric values at the points `origin + C[i] @ D`, one at a time (first-layer outputs from the cache when there is one)"
-        live = torch.empty(origin.shape, dtype=self.spec.dtype, device=origin.device)   # every point is written into this one vector, whose views are swapped in once for all points
-        point = live if live.dtype == origin.dtype else torch.empty_like(origin)   # half-precision models: the point is formed in float32, then rounded once
-        views = self.spec.unflatten(live)
-        shown = {n: _in_format(t, self._fmt) for n, t in views.items()}
-        refresh = [(shown[n], views[n]) for n in views if shown[n] is not views[n]]   # channels-last copies of views, updated per point
-        fixed = {n: _in_format(t, self._fmt) for n, t in self.base.items() if t.dim() in (4, 5) and self._fmt != 'contiguous'}
-        fresh = {n: self.base[n].clone() for n in self.bn_names}
-        affine = self._affine is not None
-        host = self._rest_host if affine else self._host
-        state = {f"m.{k}": v for k, v in self._tied({**fixed, **shown, **fresh}).items() if not affine or k in self._split[4]}
-        def body():
-            raw = []   # per point, per batch, per metric: weighted and averaged for all points at once at the end
-            for c, cl in zip(C, C.tolist()):
-                torch.addmv(origin, D.T, c, out=point)
-                if point is not live: live.copy_(point)
-                for dst, src in refresh: dst.copy_(src)
-                if fresh: self._recompute_bn(fresh)
-                for b, (x, y, _) in enumerate(self.batches):
-                    raw += self._metric_raw(self._forward(host.m, self._first_out(b, cl) if affine else x), y)
-            return self._weighted(torch.stack(raw).reshape(len(C), -1, len(self.metrics)))
-        return functional_call(host, state, (body,), tie_weights=False, strict=False)
-
-    def _stacked(self, P, C=None):
-        "Metric values at the rows of `P` (coordinates `C`), vmapped over the stacked parameter sets"
-        affine = C is not None and self._affine is not None
-        f = vmap(self._metrics_of(self._call_rest), in_dims=(0, 0, None)) if affine else vmap(self._metrics_of(self._call), in_dims=(0, None, None))
-        ps = self.spec.unflatten(P.to(self.spec.dtype))
-        with math_attention():   # fused attention kernels have no batching rule: vmap would run them one point at a time
-            return self._weighted(torch.stack([f(ps, self._first_out(b, C) if affine else x, y) for b, (x, y, _) in enumerate(self.batches)], 1))
-
-    def _metrics_of(self, call):
-        "`(state, inputs, targets) -> (n_metrics,)`: the metrics computed inside the mapped function, so that only tensors leave `vmap` (not caches or `ModelOutput`s)"
-        return lambda state, inputs, y: torch.stack(self._metric_raw(call(state, inputs), y))
-
-    def _configure(self, fmt, shortcut):
-        "Use layout `fmt` for the loop's parameters, and the cached first-layer outputs (in that layout) if `shortcut`"
-        self._fmt = fmt
-        self._affine = [(_in_format(a0, fmt), [_in_format(t, fmt) for t in a]) for a0, a in self._cache] if shortcut else None
-
-    def _first_layer_split(self):
-        "(prefix, name, first layer, rest, rest's state names) when the first layer with parameters is a Linear/Conv that only the input reaches"
-        if self.bn_names or self.autocast is not None or _has_hooks(self.model) or accumulation_dtype(self.spec.dtype) != self.spec.dtype: return None
-        split = _split_first_layer(self.model)
-        if split is None: return None
-        rest = split[3]
-        keys = {n for n, _ in rest.named_parameters(remove_duplicate=False)} | {n for n, _ in rest.named_buffers(remove_duplicate=False)}
-        return (*split, keys)
-
-    def _split_agrees(self, state, x, a0) -> bool:
-        "Whether the rest of the network on the first-layer output `a0` reproduces the whole model on `x` (catches what tracing cannot see, such as randomness in `forward`)"
-        full, via = tree_leaves(self._call(state, x)), tree_leaves(self._call_rest(state, a0))
-        same = lambda f, v: (isinstance(f, Tensor) and isinstance(v, Tensor) and f.shape == v.shape and
-                             (f.numel() == 0 or torch.allclose(f, v, rtol=1e-4, atol=1e-4 * float(f.abs().max()), equal_nan=True)))
-        return len(full) == len(via) and all(same(f, v) for f, v in zip(full, via))
-
-    def _first_layer_cache(self, origin, D):
-        "Per batch, the first layer's outputs at `origin` and along each direction (None if the model does not allow it or they exceed a quarter of the budget)"
-        if self._split is None: return None
-        prefix, name, first, _, _ = self._split
-        names = [f"{name}.{k}" for k, _ in first.named_parameters()]
-        state = {**self.base, **self.spec.unflatten(origin)}
-        at = lambda src: {k[len(name) + 1:]: src[k] if k in src else torch.zeros_like(self.base[k]) for k in names}
-        po, dirs = at(state), [at(self.spec.unflatten(d)) for d in D]
-        cache, used = [], 0
-        for b, (x, _, _) in enumerate(self.batches):
-            if not isinstance(x, Tensor): return None
-            xp = prefix(x)
-            a0, a = functional_call(first, po, (xp,)), [functional_call(first, d, (xp,)) for d in dirs]
-            if b == 0 and not self._split_agrees(state, x, a0): return None
-            used += a0.numel() * a0.element_size() * (1 + len(a))
-            if used > self.budget // 4: return None
-            cache.append((a0, a))
-        return cache
-
-    def _first_out(self, b, c):
-        "First-layer output of batch `b` at coordinates `c`: one point's (a list of floats) or a stack's (a `(K, k)` tensor); affine in them"
-        a0, a = self._affine[b]
-        if isinstance(c, list):   # one point: a fresh tensor, then in-place multiply-adds (one pass over memory per direction)
-            h = torch.add(a0, a[0], alpha=c[0])
-            for ck, ak in zip(c[1:], a[1:]): h.add_(ak, alpha=ck)
-            return h
-        return a0 + sum(c[:, k].reshape(-1, *[1] * a0.dim()) * ak for k, ak in enumerate(a))
-
-    def _call_rest(self, state, h):
-        _, _, _, rest, keys = self._split
-        with self._ctx(): return functional_call(rest, {k: v for k, v in self._tied(state).items() if k in keys}, (h,), tie_weights=False, strict=False)
-
-    def bytes_per_point(self) -> int:
-        "Estimated memory of one point in a vmap chunk: its parameters plus every tensor one forward pass on the largest batch creates"
-        if self._bytes is None:
-            x = max(self.batches, key=lambda b: b[2])[0]
-            with _CountBytes() as c, self._mode(): self._call(self.spec.unflatten(torch.zeros(self.spec.size, dtype=self.spec.dtype, device=self.device)), x)
-            self._bytes = c.bytes + 2 * self.spec.size * self.spec.dtype.itemsize
-        return self._bytes
-
-    def _run(self, strategy, origin, D, C):
-        if strategy == 'loop': return self._loop(origin, D, C)
-        return self._stacked(origin + C @ D, C)
-
-    def _timed(self, strategy, origin, D, C):
-        synchronize(self.device); t = time.perf_counter()
-        v = self._run(strategy, origin, D, C)
-        synchronize(self.device); return v, (time.perf_counter() - t) / len(C)
-
-    def evaluate(self, origin:Tensor, # flat `(P,)` origin
-                 D:Tensor, # `(k, P)` directions
-                 C:Tensor, # `(N, k)` coordinates of the points
-                 on_chunk=None, # called as `on_chunk(indices, values)` after each chunk
-                 verbose:bool=True) -> Tensor:
-        "Metric values `(N, n_metrics)` (float64) at the points `origin + C[i] @ D`"
-        N = len(C)
-        out = torch.full((N, len(self.metrics)), float('nan'), dtype=torch.float64, device=self.device)
-        def store(idx, v):
-            out[idx] = v
-            if on_chunk is not None: on_chunk(idx, v)
-        work = accumulation_dtype(self.spec.dtype)   # coordinates and points of half-precision models in float32: 0.96 is no bf16 number
-        C, D, origin = C.to(self.device, work), D.to(self.device, work), origin.to(self.device, work)
-        with self._mode():
-            self._cache = self._first_layer_cache(origin, D)
-            cands = self._candidates()
-            (strategy, fmt, shortcut), start = self._probe(cands, origin, D, C, store) if len(cands) > 1 else (cands[0], 0)
-            self._configure(fmt, shortcut)
-            size = 4 if strategy == 'loop' else chunk_count(N, self.bytes_per_point(), self.budget, self.device)
-            bar = progress(total=N, desc=f'grid ({strategy})', verbose=verbose)
-            bar.update(start)
-            try:
-                while start < N:
-                    idx, t0 = torch.arange(start, min(start + size, N)), time.perf_counter()
-                    store(idx, self._run(strategy, origin, D, C[idx]))
-                    # loop chunks grow to about LOOP_CHUNK_SECONDS of work: fewer swaps and callbacks, yet an interruption loses little
-                    if strategy == 'loop': size = max(1, min(1024, int(len(idx) * LOOP_CHUNK_SECONDS / max(time.perf_counter() - t0, 1e-6))))
-                    start += len(idx); bar.update(len(idx))
-            finally: bar.close()
-        self.chosen, self.chosen_format, self.used_first_layer, self._affine, self._cache = strategy, fmt, shortcut, None, None
-        return out
-
-    def _candidates(self):
-        "The `(strategy, memory format, first-layer shortcut)` choices, in probing order (the first is the default)"
-        strategies = ['loop'] if self.bn_names else (['loop', 'vmap'] if self.strategy == 'auto' else [self.strategy])
-        formats = [self.memory_format] if self.memory_format != 'auto' else ['contiguous', 'channels_last'] if self._has_nd else ['contiguous']
-        shortcuts = [False] if self._cache is None else [True, False] if self.first_layer == 'auto' else [True]
-        return ([('loop', f, s) for f in formats for s in shortcuts if 'loop' in strategies] +
-                ([('vmap', 'contiguous', shortcuts[0])] if 'vmap' in strategies else []))
-
-    def _probe(self, cands, origin, D, C, store):
-        "Evaluate the first points with each candidate, time them, and return the fastest candidate and the next index"
-        k = min(8, chunk_count(len(C), self.bytes_per_point(), self.budget, self.device)) if cands[-1][0] == 'vmap' else 8
-        if len(C) < len(cands) * (k + 2) + 8: return cands[0], 0
-        # small on purpose (the losing candidates' points cost extra); equal timed windows of k points, each after a warm-up
-        # call (1 point for the loop, 2 for vmap) whose time is discarded
-        start, best = 0, None
-        for cand in cands:
-            strategy, fmt, shortcut = cand
-            self._configure(fmt, shortcut)
-            for n in (1 if strategy == 'loop' else 2, k):
-                idx = torch.arange(start, start + n)
-                v, t = self._timed(strategy, origin, D, C[idx])
-                store(idx, v); start += n
-                # on a CPU vmap gets little or no cheaper per point in larger chunks: a warm-up twice as slow as the best loop cannot win
-                if strategy == 'vmap' and self.device.type == 'cpu' and best is not None and t > 2 * self.timings[best]: break
-            self.timings[cand] = t
-            # a later candidate must be clearly faster (5%; vmap, which holds a chunk of activations in memory, 10%), so that
-            # timing noise does not pick it by chance
-            if best is None or t < (0.9 if strategy == 'vmap' else 0.95) * self.timings[best]: best = cand
-        return best, start
 
 # %% ../nbs/04_landscape.ipynb #954ed549
 @dataclass
@@ -661,6 +270,8 @@ def _plot_values(ls, metric, log):
         v = np.log10(v)
     return v
 
+_AXES = dict(xlabel='x (direction 1)', ylabel='y (direction 2)')
+
 @patch
 def plot(self:Landscape, kind:str|None=None, # 2D: "contour" (the default), "surface" or "heatmap"; 3D: "volume"; ignored for 1D
           backend:str='plotly', # "plotly" or "matplotlib"
@@ -668,84 +279,24 @@ def plot(self:Landscape, kind:str|None=None, # 2D: "contour" (the default), "sur
           log:bool=False, # draw log10 of the values
           levels:int=30, # contour levels
           mark_min:bool=True, # mark the minimum
+          ax=None, # matplotlib axes to draw into (None: a new figure); a 3D axes for "surface" and "volume"
          ):
-    "Plot the slice; returns a plotly `go.Figure` or a matplotlib `Figure`"
+    "Plot the slice through `lossviz.plots`; returns a plotly `go.Figure` or a matplotlib `Figure`"
     kinds = ('volume',) if self.zs is not None else ('contour', 'surface', 'heatmap')
     kind = kinds[0] if kind is None else kind
     if kind not in kinds: raise ValueError(f"`kind` must be one of {kinds} for this {len(self.shape)}D landscape, got {kind!r}" +
                                            (" (`section` gives a plane of the volume)" if self.zs is not None else ''))
-    if backend not in ('plotly', 'matplotlib'): raise ValueError(f"`backend` must be 'plotly' or 'matplotlib', got {backend!r}")
-    v, xs = _plot_values(self, metric, log), _np(self.xs)
-    label = f"log10 {metric}" if log else metric
-    (c, _) = self.minimum(metric)
-    return (_plot_plotly if backend == 'plotly' else _plot_mpl)(self, kind, v, xs, label, levels, c if mark_min else None)
-
-def _volume_points(ls, v):
-    "Coordinates of every grid point of a volume, and its values with NaN drawn as the largest value (both flat)"
-    g = np.meshgrid(*[_np(a) for a in ls.axes], indexing='ij')
-    return [a.ravel() for a in g], np.where(np.isnan(v), np.nanmax(v), v).ravel()
-
-_XYZ = dict(xaxis_title='x (direction 1)', yaxis_title='y (direction 2)', zaxis_title='z (direction 3)')
-
-def _plot_plotly(ls, kind, v, xs, label, levels, cmin):
-    import plotly.graph_objects as go
-    fig = go.Figure()
+    plots.check_backend(backend, ax)
+    v, label = _plot_values(self, metric, log), f"log10 {metric}" if log else metric
+    path = None if self.trajectory is None else _np(self.trajectory)
+    if self.ys is None:
+        low = {'minimum': (float(self.minimum(metric)[0][0]), float(np.nanmin(v)))} if mark_min else None
+        return plots.lines(self.xs, {label: v}, xlabel='alpha', ylabel=label, points=low, backend=backend, ax=ax)
     if kind == 'volume':
-        (gx, gy, gz), w = _volume_points(ls, v)
-        fig.add_trace(go.Volume(x=gx, y=gy, z=gz, value=w, opacity=0.15, surface_count=min(levels, 15), colorbar=dict(title=label)))
-        if ls.trajectory is not None:
-            t = _np(ls.trajectory)
-            fig.add_trace(go.Scatter3d(x=t[:, 0], y=t[:, 1], z=t[:, 2], mode='lines+markers', name='trajectory', line=dict(color='black')))
-        if cmin: fig.add_trace(go.Scatter3d(x=[cmin[0]], y=[cmin[1]], z=[cmin[2]], mode='markers', name='minimum', marker=dict(size=6, symbol='x', color='red')))
-        return fig.update_layout(scene=_XYZ)
-    if ls.ys is None:
-        fig.add_trace(go.Scatter(x=xs, y=v, mode='lines', name=label))
-        if cmin: fig.add_trace(go.Scatter(x=[cmin[0]], y=[np.nanmin(v)], mode='markers', name='minimum', marker=dict(size=10, symbol='x')))
-        return fig.update_layout(xaxis_title='alpha', yaxis_title=label)
-    ys, z = _np(ls.ys), v.T
-    if kind == 'surface':
-        fig.add_trace(go.Surface(x=xs, y=ys, z=z, colorbar=dict(title=label)))
-        if cmin: fig.add_trace(go.Scatter3d(x=[cmin[0]], y=[cmin[1]], z=[np.nanmin(v)], mode='markers', name='minimum'))
-        return fig
-    tr = go.Contour(x=xs, y=ys, z=z, ncontours=levels, colorbar=dict(title=label)) if kind == 'contour' else go.Heatmap(x=xs, y=ys, z=z, colorbar=dict(title=label))
-    fig.add_trace(tr)
-    if ls.trajectory is not None:
-        t = _np(ls.trajectory)
-        fig.add_trace(go.Scatter(x=t[:, 0], y=t[:, 1], mode='lines+markers', name='trajectory', line=dict(color='white')))
-    if cmin: fig.add_trace(go.Scatter(x=[cmin[0]], y=[cmin[1]], mode='markers', name='minimum', marker=dict(size=12, symbol='x', color='red')))
-    return fig.update_layout(xaxis_title='x (direction 1)', yaxis_title='y (direction 2)')
-
-def _plot_mpl(ls, kind, v, xs, label, levels, cmin):
-    import matplotlib.pyplot as plt
-    if kind == 'volume':
-        fig = plt.figure(); ax = fig.add_subplot(projection='3d')
-        (gx, gy, gz), w = _volume_points(ls, v)
-        fig.colorbar(ax.scatter(gx, gy, gz, c=w, cmap='viridis', alpha=0.25, s=8), ax=ax, label=label)
-        if ls.trajectory is not None: t = _np(ls.trajectory); ax.plot(t[:, 0], t[:, 1], t[:, 2], 'k.-', label='trajectory')
-        if cmin: ax.scatter([cmin[0]], [cmin[1]], [cmin[2]], color='red', marker='x', s=60)
-        ax.set(xlabel=_XYZ['xaxis_title'], ylabel=_XYZ['yaxis_title'], zlabel=_XYZ['zaxis_title'])
-        return fig
-    if ls.ys is None:
-        fig, ax = plt.subplots()
-        ax.plot(xs, v)
-        if cmin: ax.plot([cmin[0]], [np.nanmin(v)], 'rx')
-        ax.set(xlabel='alpha', ylabel=label)
-        return fig
-    ys, z = _np(ls.ys), v.T
-    if kind == 'surface':
-        fig = plt.figure(); ax = fig.add_subplot(projection='3d')
-        gx, gy = np.meshgrid(xs, ys)
-        ax.plot_surface(gx, gy, z, cmap='viridis')
-        if cmin: ax.scatter([cmin[0]], [cmin[1]], [np.nanmin(v)], color='red', marker='x')
-    else:
-        fig, ax = plt.subplots()
-        im = ax.contourf(xs, ys, z, levels=levels) if kind == 'contour' else ax.pcolormesh(xs, ys, z, shading='nearest')
-        fig.colorbar(im, ax=ax, label=label)
-        if ls.trajectory is not None:
-            t = _np(ls.trajectory); ax.plot(t[:, 0], t[:, 1], 'w.-', label='trajectory')
-        if cmin: ax.plot([cmin[0]], [cmin[1]], 'rx', markersize=10)
-    ax.set(xlabel='x (direction 1)', ylabel='y (direction 2)')
-    return fig
+        return plots.volume(self.xs, self.ys, self.zs, v, label=label, levels=levels, path=path, mark_min=mark_min,
+                            zlabel='z (direction 3)', backend=backend, ax=ax, **_AXES)
+    return plots.grid2d(self.xs, self.ys, v, kind=kind, label=label, levels=levels, path=path, mark_min=mark_min,
+                        backend=backend, ax=ax, **_AXES)
 
 # %% ../nbs/04_landscape.ipynb #f4da39f6
 def _axis(span, steps, where):
@@ -821,10 +372,6 @@ def evaluate_grid(ev:GridEvaluator, # the evaluator (model, data, metrics, strat
     return ls
 
 # %% ../nbs/04_landscape.ipynb #9e698044
-def _evaluator(model, loss_fn, data, params, metrics, bn, bn_batches, strategy, budget, autocast, include_buffers=False, memory_format='auto'):
-    return GridEvaluator(model, loss_fn, data, params=params, metrics=metrics, bn=bn, bn_batches=bn_batches, strategy=strategy,
-                         budget=budget, autocast=autocast, include_buffers=include_buffers, memory_format=memory_format)
-
 def slice_1d(model:nn.Module, # the model at the centre (never modified)
              loss_fn, # `loss_fn(outputs, targets)`, a scalar per-batch mean
              data, # one `(inputs, targets)` batch or an iterable of them
@@ -844,8 +391,8 @@ def slice_1d(model:nn.Module, # the model at the centre (never modified)
              memory_format:str='auto', # layout of 4-D/5-D parameters: "auto" (measured), "contiguous" or "channels_last"
             ) -> Landscape:
     "Metrics at `theta + a*d` for `a` in `linspace(*span, steps)`"
-    return slice_nd(model, loss_fn, data, [direction], [span], [steps], metrics, params, bn, bn_batches, strategy, budget, autocast, checkpoint, verbose, 'slice_1d', shard,
-                    memory_format)
+    return slice_nd(model, loss_fn, data, [direction], [span], [steps], metrics=metrics, params=params, bn=bn, bn_batches=bn_batches, strategy=strategy,
+                    budget=budget, autocast=autocast, checkpoint=checkpoint, verbose=verbose, kind='slice_1d', shard=shard, memory_format=memory_format)
 
 def slice_2d(model:nn.Module, loss_fn, data,
              directions:Sequence, # two direction dicts or flat vectors `(d1, d2)`
@@ -858,8 +405,9 @@ def slice_2d(model:nn.Module, loss_fn, data,
              memory_format:str='auto', # layout of 4-D/5-D parameters: "auto" (measured), "contiguous" or "channels_last"
             ) -> Landscape:
     "Metrics at `theta + a*d1 + b*d2` on a grid; `values[m][i, j]` is at `(xs[i], ys[j])`"
-    return slice_nd(model, loss_fn, data, directions, *_grid_args(directions, span, steps, 2), metrics, params, bn, bn_batches, strategy, budget, autocast,
-                    checkpoint, verbose, 'slice_2d', shard, memory_format, trajectory)
+    return slice_nd(model, loss_fn, data, directions, *_grid_args(directions, span, steps, 2), metrics=metrics, params=params, bn=bn, bn_batches=bn_batches,
+                    strategy=strategy, budget=budget, autocast=autocast, checkpoint=checkpoint, verbose=verbose, kind='slice_2d', shard=shard,
+                    memory_format=memory_format, trajectory=trajectory)
 
 def slice_3d(model:nn.Module, loss_fn, data,
              directions:Sequence, # three direction dicts or flat vectors `(d1, d2, d3)`
@@ -872,8 +420,9 @@ def slice_3d(model:nn.Module, loss_fn, data,
              memory_format:str='auto', # layout of 4-D/5-D parameters: "auto" (measured), "contiguous" or "channels_last"
             ) -> Landscape:
     "Metrics at `theta + a*d1 + b*d2 + c*d3` on a 3D grid; `values[m][i, j, k]` is at `(xs[i], ys[j], zs[k])`"
-    return slice_nd(model, loss_fn, data, directions, *_grid_args(directions, span, steps, 3), metrics, params, bn, bn_batches, strategy, budget, autocast,
-                    checkpoint, verbose, 'slice_3d', shard, memory_format, trajectory)
+    return slice_nd(model, loss_fn, data, directions, *_grid_args(directions, span, steps, 3), metrics=metrics, params=params, bn=bn, bn_batches=bn_batches,
+                    strategy=strategy, budget=budget, autocast=autocast, checkpoint=checkpoint, verbose=verbose, kind='slice_3d', shard=shard,
+                    memory_format=memory_format, trajectory=trajectory)
 
 def _grid_args(directions, span, steps, n:int) -> tuple[list, tuple]:
     "Validate `n` directions, a flat `span` of `2n` bounds and `steps` (an int or `n` of them); returns (spans per axis, steps per axis)"
@@ -889,11 +438,12 @@ def slice_nd(model, loss_fn, data, directions, spans, steps, metrics=None, param
     "Metrics on the product grid `theta + sum_k c_k d_k` for one to three directions (the engine behind `slice_1d`, `slice_2d` and `slice_3d`)"
     if not 1 <= len(directions) <= 3: raise ValueError(f"`directions`: one to three are supported, got {len(directions)}")
     axes = [_axis(s, n, 'span') for s, n in zip(spans, steps)]
-    ev = _evaluator(model, loss_fn, data, params, metrics, bn, bn_batches, strategy, budget, autocast, memory_format=memory_format)
+    ev = GridEvaluator(model, loss_fn, data, params=params, metrics=metrics, bn=bn, bn_batches=bn_batches, strategy=strategy, budget=budget,
+                       autocast=autocast, memory_format=memory_format)
     D = torch.stack([as_direction(d, ev.spec, f'directions[{i}]' if len(directions) > 1 else 'direction') for i, d in enumerate(directions)])
     C = torch.cartesian_prod(*axes).reshape(-1, len(axes))
     xs, ys, zs = axes + [None] * (3 - len(axes))
-    ls = evaluate_grid(ev, ev.spec.flatten({n: p.detach() for n, p in select_params(model, params).items()}), D, C, xs, ys,
+    ls = evaluate_grid(ev, ev.spec.flatten(detached_params(model, params)), D, C, xs, ys,
                        dict(kind=kind, bn=bn, spans=[list(map(float, s)) for s in spans]), checkpoint, verbose=verbose, shard=shard, zs=zs)
     if trajectory is not None: ls.trajectory = project_trajectory(trajectory, model, directions, params).cpu()
     return ls
@@ -930,8 +480,8 @@ def interpolate(model_a:nn.Module, # alpha = 0
                ) -> Landscape:
     "Metrics along the line `(1 - alpha) * model_a + alpha * model_b` (parameters, and floating buffers unless `bn='recompute'`)"
     alphas = _axis(span, steps, 'span')
-    ev = _evaluator(model_a, loss_fn, data, params, metrics, bn, bn_batches, strategy, budget, autocast, include_buffers=(bn == 'eval'),
-                    memory_format=memory_format)
+    ev = GridEvaluator(model_a, loss_fn, data, params=params, metrics=metrics, bn=bn, bn_batches=bn_batches, strategy=strategy, budget=budget,
+                       autocast=autocast, include_buffers=(bn == 'eval'), memory_format=memory_format)
     model_a, model_b = unwrap(model_a), unwrap(model_b)
     tb = {**dict(model_b.named_parameters()), **dict(model_b.named_buffers())}
     missing = [n for n in ev.spec.names if n not in tb]
@@ -1001,7 +551,7 @@ class Curve:
                  budget:int|None=None, verbose:bool=True) -> Landscape:
         "Metrics at `steps` evenly spaced positions `t` in [0, 1] along the curve"
         t = _axis((0, 1), steps, 'steps')
-        ev = _evaluator(model, loss_fn, data, self.spec.names, metrics, bn, bn_batches, strategy, budget, None)
+        ev = GridEvaluator(model, loss_fn, data, params=self.spec.names, metrics=metrics, bn=bn, bn_batches=bn_batches, strategy=strategy, budget=budget)
         D = torch.stack([self.a, self.bend, self.b])
         return evaluate_grid(ev, torch.zeros_like(self.a), D, curve_coefficients(t.to(D.dtype), self.kind), t, None,
                              dict(kind=f'curve ({self.kind})', bn=bn), verbose=verbose)

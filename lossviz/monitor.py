@@ -15,6 +15,7 @@ from torch import nn, Tensor
 from .core import (Batches, FunctionalLoss, call_model, eval_semantics, model_device, output_logits, unwrap, preserved, check_loss_fn,
                           dist_info)
 from . import calibration, geometry, hessian, landscape
+from .plots import line_panels
 
 # %% auto #0
 __all__ = ['Schedule', 'Context', 'Sharpness', 'Trace', 'Calibration', 'GradNorm', 'Collapse', 'Rank', 'LossSlice',
@@ -238,30 +239,17 @@ def _threshold(history, quantity):
 def plot(self:MonitorHistory, quantities=None, # which quantities (None: all)
           backend:str='plotly', # "plotly" or "matplotlib"
           log:bool=False): # log-scale step axis
-    "One panel per quantity against the step; the sharpness panels show the stability threshold 2 / lr"
+    "One panel per quantity against the step; the sharpness panels show the stability threshold 2 / lr (dashed)"
     qs = self.quantities if quantities is None else list(quantities)
     if not qs: raise ValueError("nothing measured yet: call `monitor.step(step)` from the training loop first")
-    if backend not in ('plotly', 'matplotlib'): raise ValueError(f"`backend` must be 'plotly' or 'matplotlib', got {backend!r}")
-    panels = [(q, self.series(q), _threshold(self, q)) for q in qs]
-    if backend == 'plotly':
-        from plotly.subplots import make_subplots
-        import plotly.graph_objects as go
-        fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, subplot_titles=qs, vertical_spacing=0.3 / len(panels))
-        for i, (q, (s, v), thr) in enumerate(panels, 1):
-            fig.add_trace(go.Scatter(x=s, y=v, mode='lines+markers', name=q), row=i, col=1)
-            if thr: fig.add_trace(go.Scatter(x=[a for a, _ in thr], y=[b for _, b in thr], mode='lines', line=dict(dash='dash'), name=f'2 / lr ({q})'), row=i, col=1)
-        fig.update_layout(height=220 * len(panels), showlegend=False)
-        if log: fig.update_xaxes(type='log')
-        return fig.update_xaxes(title_text='step', row=len(panels), col=1)
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.2 * len(panels)), sharex=True, squeeze=False)
-    for ax, (q, (s, v), thr) in zip(axes[:, 0], panels):
-        ax.plot(s, v, '.-'); ax.set_ylabel(q)
-        if thr: ax.plot([a for a, _ in thr], [b for _, b in thr], 'k--', lw=1, label='2 / lr'); ax.legend()
-        if log: ax.set_xscale('symlog')
-    axes[-1, 0].set_xlabel('step')
-    plt.close(fig)
-    return fig
+    steps, panels = {}, {}
+    for q in qs:
+        steps[q], v = self.series(q)
+        panels[q] = {q: v}
+        thr = _threshold(self, q)
+        if thr: steps[f'2 / lr ({q})'], panels[q][f'2 / lr ({q})'] = [a for a, _ in thr], [b for _, b in thr]
+    return line_panels(steps, panels, xlabel='step', xscale='symlog' if log else 'linear', mode='lines+markers', rows=True, legend=False,
+                       dashed=[n for n in steps if n.startswith('2 / lr')], backend=backend)
 
 # %% ../nbs/07_monitor.ipynb #5ef29e5a
 class Monitor:

@@ -15,8 +15,8 @@ from torch import nn, Tensor
 import ipywidgets as W
 import plotly.graph_objects as go
 from IPython.display import display
-from . import calibration, geometry, hessian, landscape, losses, monitor
-from .core import select_params
+from . import calibration, geometry, hessian, landscape, losses, monitor, plots
+from .core import detached_params, select_params
 
 # %% auto #0
 __all__ = ['sync_figure', 'Cancelled', 'Job', 'Dashboard', 'CalibrationExplorer', 'LossExplorer', 'geometry_snapshot',
@@ -192,25 +192,19 @@ class Dashboard:
             self._report(job.error)
 
 # %% ../nbs/08_widgets.ipynb #08ec4beb
-def _check_logits(logits, labels):
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        raise ValueError(f"`logits` must be a floating-point (N, K) tensor, got {getattr(logits, 'shape', type(logits).__name__)}")
-    if not isinstance(labels, Tensor) or labels.shape != logits.shape[:1]:
-        raise ValueError(f"`labels` must be a tensor of shape ({len(logits)},), got {getattr(labels, 'shape', type(labels).__name__)}")
-    return logits.detach(), labels.detach()
-
 class CalibrationExplorer(Dashboard):
     "Reliability diagram, confidence histogram and calibration metrics with intervals, live under bins, norm and temperature"
     css = 'lossviz-calibration'
-    def __init__(self, logits:Tensor, # (N, K) logits
-                 labels:Tensor, # (N,) integer labels
+    def __init__(self, logits:Tensor, # (..., K) logits, e.g. (N, K) or a language model's (B, T, V)
+                 labels:Tensor, # (...) integer labels
                  n_bins:int=15, # initial number of bins
                  ci:float|None=0.95, # confidence level of the bootstrap intervals (None: no intervals)
                  n_boot:int=200, # bootstrap resamples per metric
                  seed:int=0, # seed of the bootstrap
+                 ignore_index:int|None=-100, # label value dropped first (-100: Hugging Face padding); None keeps every label
                 ):
         super().__init__()
-        self.logits, self.labels = _check_logits(logits, labels)
+        self.logits, self.labels = calibration._check_logits(logits, labels, ignore_index)   # detached (N, K) and (N,)
         self.ci, self.n_boot, self.seed = ci, n_boot, seed
         self.n_bins = W.IntSlider(value=n_bins, min=2, max=50, description='bins', continuous_update=False)
         self.binning = W.Dropdown(options=['uniform', 'quantile'], description='binning')
@@ -356,9 +350,9 @@ class GeometryExplorer(Dashboard):
         self.step = W.SelectionSlider(options=self.steps, value=self.steps[-1], description='step')
         self.step.add_class('lossviz-step')
         self.table = W.HTML()
-        self.curves = go.FigureWidget(go.Figure([go.Scatter(x=self.steps, y=[self.snapshots[s][1][m] for s in self.steps], mode='lines+markers', name=m)
-                                                 for m in self.metric_names], layout=dict(yaxis_type='log', xaxis_title='step', height=300,
-                                                                                          title='geometry during training', margin=dict(t=40, b=40))))
+        curves = {m: [self.snapshots[s][1][m] for s in self.steps] for m in self.metric_names}
+        self.curves = go.FigureWidget(plots.lines(self.steps, curves, title='geometry during training', xlabel='step', yscale='log', mode='lines+markers',
+                                                  height=300).update_layout(margin=dict(t=40, b=40)))
         self.heatmap = go.FigureWidget()
         self._on_change([self.step], self.update)
         self.widget = self._root(W.HBox([self.step, self.table]), self.curves, self.heatmap)
@@ -395,12 +389,6 @@ class GeometryExplorer(Dashboard):
         self.table.value = '<table>' + ''.join(f"<tr><td>{k}</td><td><b>{_fmt(v)}</b></td></tr>" for k, v in vals.items() if k in self.metric_names) + '</table>'
 
 # %% ../nbs/08_widgets.ipynb #deaa63b8
-def _module_blocks(names:list) -> dict:
-    "Parameter names grouped by owning module: {module name: [parameter names]}"
-    out = {}
-    for n in names: out.setdefault(n.rpartition('.')[0] or n, []).append(n)
-    return out
-
 class HessianExplorer(Dashboard):
     "Hessian spectral density and top eigenvalues, per block, computed in the background with progress and cancel"
     css = 'lossviz-hessian'
@@ -418,7 +406,7 @@ class HessianExplorer(Dashboard):
         super().__init__()
         self.model, self.loss_fn, self.data, self.params, self.seed, self.tol, self.hessian_kwargs = model, loss_fn, data, params, seed, tol, hessian_kwargs
         names = list(select_params(model, params))  # by name, so that they also select on the model's copies
-        self.blocks = {'all': names, **_module_blocks(names)}
+        self.blocks = {'all': names, **hessian._default_blocks(names, 'module')}
         self.block = W.Dropdown(options=list(self.blocks), description='block')
         self.scale = W.ToggleButtons(options=['log', 'linear'], description='density')
         self.k = W.BoundedIntText(value=k, min=1, max=20, description='top k', style=_WIDE)
@@ -523,7 +511,7 @@ class LandscapeExplorer(Dashboard):
     def _work(self, job:Job, model, n, s):
         ev = landscape.GridEvaluator(model, self.loss_fn, self.data, params=self.params, metrics=self.metric_names)
         D = torch.stack([landscape.as_direction(d, ev.spec) for d in self.directions(model)])
-        origin = ev.spec.flatten({k: p.detach() for k, p in select_params(model, self.params).items()})
+        origin = ev.spec.flatten(detached_params(model, self.params))
         xs = torch.linspace(-s, s, n, dtype=torch.float64)
         nc = max(3, (n + 3) // 4)
         cs = torch.linspace(-s, s, nc, dtype=torch.float64)
@@ -551,12 +539,10 @@ class LandscapeExplorer(Dashboard):
 
     def _update(self):
         if self.values is None: return
-        z = self.values[..., self.metric_names.index(self.metric.value)].T.numpy()  # plotly: z[row = y][column = x]
-        x = self.xs.numpy()
-        trace = go.Contour(x=x, y=x, z=z, colorscale='Viridis', contours_coloring='heatmap', name=self.metric.value) if self.kind.value == 'contour' \
-            else go.Surface(x=x, y=x, z=z, colorscale='Viridis', name=self.metric.value)
-        sync_figure(self.fig, go.Figure(trace, layout=dict(height=420, width=560, title=f'{self.metric.value} ({self.done_rows}/{len(x)} rows refined)',
-                                                         xaxis_title='direction 1', yaxis_title='direction 2', margin=dict(t=40))))
+        m = self.metric.value
+        fig = plots.grid2d(self.xs, self.xs, self.values[..., self.metric_names.index(m)], kind=self.kind.value, label=m,
+                           title=f'{m} ({self.done_rows}/{len(self.xs)} rows refined)', xlabel='direction 1', ylabel='direction 2', height=420)
+        sync_figure(self.fig, fig.update_layout(width=560, margin=dict(t=40)))
         if self.kind.value == 'contour' and self.fig.data[0] is not self._clickable:
             self._clickable = self.fig.data[0]
             self._clickable.on_click(self._guard(lambda trace, points, state: points.xs and self.select(points.xs[0], points.ys[0])))
@@ -570,11 +556,10 @@ class LandscapeExplorer(Dashboard):
     def _select(self, x, y):
         i, j = int((self.xs - x).abs().argmin()), int((self.xs - y).abs().argmin())
         self.point = tuple(0.0 if abs(float(self.xs[k])) < 1e-12 else float(self.xs[k]) for k in (i, j))  # linspace's centre is -5.6e-17
-        v, x_ = self.values[..., self.metric_names.index(self.metric.value)], self.xs.numpy()
-        sync_figure(self.slices, go.Figure([go.Scatter(x=x_, y=v[:, j].numpy(), name=f'direction 1 at y={self.point[1]:.3g}'),
-                                            go.Scatter(x=x_, y=v[i, :].numpy(), name=f'direction 2 at x={self.point[0]:.3g}')],
-                                           layout=dict(height=320, width=480, title=f'1D slices through ({self.point[0]:.3g}, {self.point[1]:.3g})',
-                                                       xaxis_title='coordinate', yaxis_title=self.metric.value)))
+        v = self.values[..., self.metric_names.index(self.metric.value)]
+        fig = plots.lines(self.xs, {f'direction 1 at y={self.point[1]:.3g}': v[:, j], f'direction 2 at x={self.point[0]:.3g}': v[i, :]},
+                          title=f'1D slices through ({self.point[0]:.3g}, {self.point[1]:.3g})', xlabel='coordinate', ylabel=self.metric.value, height=320)
+        sync_figure(self.slices, fig.update_layout(width=480))
         return i, j
 
 # %% ../nbs/08_widgets.ipynb #44b85927

@@ -67,3 +67,27 @@ def test_the_lint_finds_what_nbdev_would_fail_on(tmp_path):
     nbf.write(nb, tmp_path / "t.ipynb")
     problems = _docs_build().lint(tmp_path / "t.ipynb")
     assert len(problems) == 1 and "cell 3" in problems[0] and "but data would be undefined" in problems[0], problems
+
+
+def test_a_page_that_draws_must_show_a_figure(tmp_path):
+    """The docs build fails, naming the notebook, when an executed page's code draws (`.plot(`) but the page shows no
+    figure (the figure assigned and never displayed); figures are counted per page, `output: false` cells left out"""
+    import nbformat as nbf, pytest
+    b = _docs_build()
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    nb = nbf.v4.new_notebook()
+    nb.cells = [nbf.v4.new_markdown_cell("# Draws"),
+                nbf.v4.new_code_cell("import plotly.graph_objects as go"),
+                nbf.v4.new_code_cell("class Result:\n    def plot(self): return go.Figure(go.Scatter(y=[1, 2]))"),
+                nbf.v4.new_code_cell("fig = Result().plot()")]                               # never displayed
+    nbf.write(nb, nbs / "draws.ipynb")
+    with pytest.raises(b.BuildError, match=r"draws\.ipynb: its code draws \(`\.plot\(`\) but the executed page shows no figure"):
+        b.build(tmp_path / "site", nbs=nbs, log=lambda *a: None)
+    png = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBOR", "text/plain": "<Figure>"}}
+    plotly = {"output_type": "execute_result", "metadata": {}, "data": {"text/html": '<div></div><script>Plotly.newPlot("a", [])</script>'}}
+    page = {"cells": [{"cell_type": "code", "metadata": {}, "source": "r.plot()", "outputs": [plotly, png]},
+                      {"cell_type": "code", "metadata": {"tags": ["remove_output"]}, "source": "r.plot()", "outputs": [png]},
+                      {"cell_type": "code", "metadata": {"tags": ["skip-execution"]}, "source": "r.plot()", "outputs": []}]}
+    assert b.figure_count(page) == 2 and b.calls_plot(page)
+    assert not b.calls_plot({"cells": page["cells"][2:]})   # a cell that did not run draws nothing

@@ -1,12 +1,30 @@
 """lossviz.kernels: extra peak memory in fresh processes, and agreement with PyTorch's own chunked linear_cross_entropy."""
-import subprocess, sys, textwrap
+import importlib.util, subprocess, sys, textwrap
+from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from lossviz.kernels import linear_cross_entropy, info_nce_loss, extra_peak_memory
+from lossviz.kernels import linear_cross_entropy
+
+# The measuring harness is a script of the repository (benchmarks/memory.py), not part of the library: loaded by path.
+_spec = importlib.util.spec_from_file_location('lossviz_benchmarks_memory', Path(__file__).resolve().parents[1] / 'benchmarks' / 'memory.py')
+memory = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(memory)
 
 def _measure(kind, variant, n, d, v=0):
-    return extra_peak_memory(kind, variant, n, d, v, timeout=120)
+    return memory.extra_peak_memory(kind, variant, n, d, v, timeout=120)
+
+def test_memory_harness_checks_arguments():
+    "Bad kinds and variants fail before a process is started, naming the argument"
+    with pytest.raises(ValueError, match='`variant`'): memory.extra_peak_memory('lce', 'tiled', 8, 4, 16)
+    with pytest.raises(ValueError, match='`kind`'): memory.extra_peak_memory('mse', 'dense', 8, 4)
+    with pytest.raises(ValueError, match='`v`'): memory.extra_peak_memory('lce', 'dense', 8, 4)
+
+def test_memory_harness_runs():
+    "One small measurement of each kind in a fresh process: the losses of the two variants agree (float32)"
+    for kind, variants, v in (('lce', ('dense', 'fused'), 64), ('nce', ('dense', 'tiled'), 0)):
+        r = {var: _measure(kind, var, 32, 8, v) for var in variants}
+        assert set(r[variants[0]]) == {'extra', 'grad_bytes', 'loss'}, r
+        assert abs(r[variants[0]]['loss'] - r[variants[1]]['loss']) < 1e-5 * abs(r[variants[0]]['loss']), r
 
 # Process-RSS measurements are only meaningful on a quiet machine: in CI, with the docs build executing notebooks beside
 # them, the materialised baselines read as 0-58 MiB instead of hundreds. Run them with `pytest -m slow` on an idle machine.
@@ -24,7 +42,7 @@ def test_linear_cross_entropy_memory():
 # them, the materialised baselines read as 0-58 MiB instead of hundreds. Run them with `pytest -m slow` on an idle machine.
 @pytest.mark.slow
 def test_info_nce_memory():
-    "Tiled InfoNCE: extra peak a small fraction of the dense similarity matrix"
+    "Tiled InfoNCE: extra peak a small fraction of the catalogue's materialised InfoNCE (dense similarity matrix)"
     n, d = 4096, 64                       # dense similarities: 64 MiB
     dense, tiled = _measure('nce', 'dense', n, d), _measure('nce', 'tiled', n, d)
     assert abs(dense['loss'] - tiled['loss']) < 1e-5 * abs(dense['loss'])

@@ -5,7 +5,8 @@ settings and workspaces directories, and a kernel spec pointing at this interpre
 into its root, opens it in headless Chromium driven by Playwright, runs all cells from the Run menu, waits for every
 dashboard's plotly figure to render (the Hessian and landscape ones are filled by background threads), moves a slider
 of each dashboard with the keyboard and checks that the plotted SVG changes, clicks the landscape contour and checks
-that the 1D slices through the point are drawn, and checks that no cell (nor any dashboard's output area) shows
+that the 1D slices through the point are drawn, checks that each gap entry of the reliability diagram's legend is drawn in
+the colour of its bars, and checks that no cell (nor any dashboard's output area) shows
 anything on stderr: errors, tracebacks, warnings. The notebook's first cell asserts that its kernel runs this
 interpreter. Screenshots of each dashboard, the browser console and the server log go to `$LOSSVIZ_ARTIFACTS`
 (default: pytest's `tmp_path`). The server and its kernel are always shut down (REST shutdown, then SIGTERM/SIGKILL
@@ -158,6 +159,26 @@ TRACE_PATHS = """(cls) => [...document.querySelectorAll(`.${cls} .js-plotly-plot
                               .map(p => p.getAttribute('d') || p.getAttribute('href') || '').join('|')"""
 
 
+# The fill colours the reliability diagram of the calibration dashboard draws: each legend entry's swatch, and the bars of
+# each bar trace (`g.barlayer g.trace`, in trace order).
+BAR_COLOURS = """() => {
+  const root = document.querySelector('.lossviz-calibration .js-plotly-plot');
+  const legend = Object.fromEntries([...root.querySelectorAll('.legend .traces')].map(t => [t.querySelector('.legendtext').textContent,
+      [...t.querySelectorAll('.legendpoints path')].map(p => getComputedStyle(p).fill)]));
+  const bars = [...root.querySelectorAll('.barlayer .trace')].map(t => [...t.querySelectorAll('.point path')].map(p => getComputedStyle(p).fill));
+  return {legend, bars};
+}"""
+
+
+def _check_gap_legend(page):
+    "Each gap entry of the reliability diagram's legend has the colour of its bars (one colour per gap trace)"
+    drawn = page.evaluate(BAR_COLOURS)
+    fills = [set(b) for b in drawn["bars"] if b]
+    for name in ("gap (overconfident)", "gap (underconfident)"):
+        swatch = drawn["legend"].get(name)
+        assert swatch and len(set(swatch)) == 1 and set(swatch) in fills, f"legend {name!r} {swatch} matches no bar trace {fills}"
+
+
 def _errors(page) -> list[str]:
     "Text of every stderr/error output in the notebook, the dashboards' output areas included (warnings count too)"
     return [t[:2000] for t in dict.fromkeys(t for sel in ERROR_OUTPUTS for t in page.locator(sel).all_inner_texts()) if t.strip()]
@@ -229,6 +250,7 @@ def test_dashboards_in_jupyterlab(lab, artifacts):
             for dashboard in DASHBOARDS:
                 page.wait_for_function(f"() => ({TRACE_PATHS})('{dashboard}') !== ''", polling=500)
             _snapshot_dashboards(page, artifacts, "rendered")
+            _check_gap_legend(page)
             assert not _errors(page), f"error outputs after Run All:\n" + "\n---\n".join(_errors(page))
             for dashboard, slider in DASHBOARDS.items():
                 if slider: _move_slider(page, dashboard, *slider, artifacts)

@@ -17,14 +17,10 @@ if any check fails, so a broken path cannot hide behind a fast time):
 
 Times are medians of `--repeat` runs after one warm-up (CUDA synchronised). Memory is the peak of
 `torch.cuda.max_memory_allocated` above what was allocated before the call; on a CPU it is not measured (`-`),
-because a process's resident set has no per-call peak counter (benchmarks/kernels.py measures it in fresh processes).
+because a process's resident set has no per-call peak counter (benchmarks/fused_losses.py measures it in fresh processes).
 """
 from __future__ import annotations
-import argparse, importlib.util, json, os, statistics, sys, time
-
-# Run as a script, this folder comes first on sys.path, and its kernels.py would shadow the `kernels` package that
-# transformers probes for: drop it (the benchmarks import lossviz, not each other).
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)): sys.path.pop(0)
+import argparse, importlib.util, json, statistics, sys, time
 
 import torch
 import torch.nn.functional as F

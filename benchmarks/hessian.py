@@ -11,14 +11,30 @@ ARPACK reference and time ratios. Timings on a shared machine are noisy: compare
 
 PyHessian's `density` calls `torch.eig`, removed from PyTorch; it is shimmed here with `torch.linalg.eig`.
 hessian-eigenthings is optional (`pip install hessian-eigenthings`); it is skipped if missing.
+
+Curvature at the size people train (--model gpt2-10m | gpt2-30m | gpt2-124m): a GPT-2 built from a config with random weights
+(vocabulary 50257, 64 positions, eager attention; gpt2-10m: 6 layers of width 160, 9.9M parameters; gpt2-30m: 6 layers of
+width 384, 30.0M; gpt2-124m: GPT-2 small, 12 layers of width 768, 124M), one batch of 2 x 16 random tokens, the model's own loss.
+Each tool runs in a fresh subprocess: the model and its gradients are built first (as in training), the peak RSS then is the
+baseline, and "extra GiB" is the peak RSS during the tool's run above it (ru_maxrss). Per product, each tool's CPU time (the
+process's: other processes sharing the machine count less; use --threads 1 for steadier figures) is set against that of one
+bare HVP of the same kernel timed in the same process just after its run (the kept graph's backward: PyHessian's product; or
+`jvp` of the gradient), the median of 3; for lossviz's eigenvalues also, in parentheses, a figure robust to the machine's load:
+the run's time over its products' (same window) times lossviz's product over the bare one (timed alternately). "seconds" is
+wall-clock. Values are compared with ARPACK (scipy's eigsh on lossviz's products, tol 1e-6) where ARPACK's float64 basis (20
+vectors) fits; PyHessian's top eigenvalues are the largest in magnitude, so they are compared with ARPACK's which="LM".
+
+    python benchmarks/hessian.py --model gpt2-30m --threads 1            # eigenvalues, trace, density; lossviz, PyHessian, ARPACK
+    python benchmarks/hessian.py --model gpt2-124m --tools lossviz --parts eig
 """
-import argparse, copy, statistics, time, warnings
+import argparse, copy, json, resource, statistics, subprocess, sys, time, warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossviz.hessian import Hessian, LINEARIZE_AFTER
+from lossviz.core import available_memory
+from lossviz.hessian import Hessian
 from landscape import train   # benchmarks/landscape.py: a few full-batch Adam steps, then eval mode
 
 
@@ -54,17 +70,26 @@ def row(name, *cols): print(f"{name:<44}" + "".join(f"{c:>16}" for c in cols))
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument('--model', default='cnn', choices=['cnn', *GPT2], help='the small CNN on digits, or a GPT-2 (see the docstring)')
+    ap.add_argument('--tools', default='lossviz,pyhessian,arpack', help='GPT-2: comma-separated subset of lossviz,pyhessian,arpack')
+    ap.add_argument('--tol', type=float, default=1e-3, help='GPT-2: tolerance of the top-3 eigenvalues')
+    ap.add_argument('--trace-max', type=int, default=400, help='GPT-2: product budget of the trace')
+    ap.add_argument('--budget-gib', type=float, default=None, help='GPT-2: lossviz `budget` in GiB (default: half the free memory)')
+    ap.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     ap.add_argument('--batch', type=int, default=512)
     ap.add_argument('--runs', type=int, default=8, help='SLQ runs')
-    ap.add_argument('--steps', type=int, default=80, help='SLQ Lanczos steps')
+    ap.add_argument('--steps', type=int, default=None, help='SLQ Lanczos steps (CNN: 80; GPT-2: 40)')
     ap.add_argument('--trace-tol', type=float, default=0.01)
     ap.add_argument('--reps', type=int, default=7, help='round-robin repetitions of the HVP timings (median)')
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
-    ap.add_argument('--parts', default='hvp,eig,trace,density', help='comma-separated subset of hvp,eig,trace,density')
+    ap.add_argument('--parts', default=None, help='comma-separated subset of hvp,eig,trace,density (CNN: all; GPT-2: eig,trace,density)')
     ap.add_argument('--train-steps', type=int, default=60,
                     help='full-batch Adam steps before measuring (0: the untrained network); curvature questions are asked about trained models')
     args = ap.parse_args()
-    parts = set(args.parts.split(','))
+    args.steps = args.steps or (80 if args.model == 'cnn' else 40)
+    if args.worker: return print('RESULT ' + json.dumps(worker(args)), flush=True)
+    if args.model in GPT2: return gpt2_main(args)
+    parts = set((args.parts or 'hvp,eig,trace,density').split(','))
     if args.threads: torch.set_num_threads(args.threads)
     warnings.simplefilter('ignore')
     shim_torch_eig()
@@ -101,12 +126,8 @@ def bench_hvp(model, X, Y, P, V8, reps, PyHessian):
         H, t_setup = timed(lambda: Hessian(model, F.cross_entropy, (X, Y), method=method, verbose=False))
         _, t_first = timed(lambda: H.matvec(v))
         name = f"lossviz {method}"
-        if method == 'auto': name += f" (chose {H._kernel})"
+        if method == 'auto': name += f" (chose {H._kernel})"   # the first product was computed by both kernels, timed: the faster is kept
         fns[name], setup[name] = (lambda H=H: H.matvec(v)), t_setup + t_first
-    Ha = Hessian(model, F.cross_entropy, (X, Y), verbose=False)
-    Ha.matvec(torch.randn(LINEARIZE_AFTER, P))   # a long computation: auto then measures the kernels once more
-    Ha.matvec(v)
-    fns[f"lossviz auto after {LINEARIZE_AFTER} products (chose {Ha._kernel})"] = lambda: Ha.matvec(v)
     Hb = Hessian(model, F.cross_entropy, (X, Y), method='linearize', batched=True, verbose=False)
     Hb.matvec(V8)
     fns['lossviz linearize, vmap over 8, per vector'] = lambda: Hb.matvec(V8)
@@ -122,9 +143,8 @@ def bench_hvp(model, X, Y, P, V8, reps, PyHessian):
     ph_t = t['PyHessian (double backward, graph kept)']
     for k in fns:
         if k != 'gradient': row(k, f"{setup[k]:.2f}" if k in setup else '', f"{t[k] * 1e3:.1f}", f"{t[k] / t['gradient']:.2f}", f"{t[k] / ph_t:.2f}")
-    auto, after = next(k for k in t if k.startswith('lossviz auto (')), next(k for k in t if k.startswith('lossviz auto after'))
-    print(f"-> lossviz auto HVP = {t[auto] / t['gradient']:.2f}x a gradient, {t[after] / t['gradient']:.2f}x after {LINEARIZE_AFTER} products "
-          f"(target <= 1.6x); PyHessian {ph_t / t['gradient']:.2f}x\n")
+    auto = next(k for k in t if k.startswith('lossviz auto ('))
+    print(f"-> lossviz auto HVP = {t[auto] / t['gradient']:.2f}x a gradient (target <= 1.6x); PyHessian {ph_t / t['gradient']:.2f}x\n")
 
 
 def bench_eig(model, X, Y, P, PyHessian, he, op):
@@ -221,6 +241,181 @@ def bench_density(model, X, Y, H, PyHessian, he, op, r, m):
         row('hessian-eigenthings spectral_density', '', '', '', f"{t_he_sd:.2f}")
         fastest = min(fastest, t_he_sd)
     print(f"-> lossviz density: {fastest / t_sd:.1f}x faster than the fastest other library (target >= 3x)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------------
+# Curvature at the size people train: GPT-2s, each tool in a fresh subprocess
+
+GPT2 = {'gpt2-10m': dict(n_layer=6, n_embd=160, n_head=5), 'gpt2-30m': dict(n_layer=6, n_embd=384, n_head=6),
+        'gpt2-124m': dict(n_layer=12, n_embd=768, n_head=12)}
+GIB = 2 ** 30
+
+
+def gpt2(name):
+    "The GPT-2 `name` with random weights (eager attention, eval mode) and one batch of 2 x 16 random tokens"
+    import transformers
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=50257, n_positions=64, bos_token_id=0, eos_token_id=0, **GPT2[name])
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation='eager').eval()
+    ids = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
+    return model, {'input_ids': ids, 'labels': ids}
+
+
+def maxrss() -> int: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
+
+
+def clocked(fn):
+    "fn(), its wall-clock seconds and the process's CPU seconds (robust to other processes sharing the machine)"
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def bare_hvp(model, batch, kernel, reps=3):
+    "Median (wall, CPU) seconds of one bare HVP: a backward pass through the gradient's kept graph (PyHessian's product), or jvp of the gradient"
+    params = [p for p in model.parameters() if p.requires_grad]
+    vs = [torch.randn_like(p) for p in params]
+    if kernel == 'jvp':
+        from torch.func import functional_call, grad, jvp
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        g = grad(lambda p: functional_call(model, p, (), batch).loss)
+        p0, t0 = {n: p.detach() for n, p in zip(names, params)}, dict(zip(names, vs))
+        one = lambda: jvp(g, (p0,), (t0,))
+    else:
+        gs = torch.autograd.grad(model(**batch).loss, params, create_graph=True)
+        one = lambda: torch.autograd.grad(gs, params, vs, retain_graph=True)
+    one()
+    runs = [clocked(one)[1:] for _ in range(reps)]
+    return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
+
+
+def matvec_ratio(H, model, batch, reps=3):
+    "CPU time of lossviz's product (into a given row, as in Lanczos) over that of the bare kept-graph backward, timed in alternation, medians"
+    params = [p for p in model.parameters() if p.requires_grad]
+    gs = torch.autograd.grad(model(**batch).loss, params, create_graph=True)
+    v, out = torch.randn(1, H.P), torch.empty(1, H.P)
+    vs = list(H.spec.unflatten(v[0]).values())
+    ours, bare = [], []
+    for _ in range(reps):
+        ours.append(clocked(lambda: H._matvec(v, out=out))[2])
+        bare.append(clocked(lambda: torch.autograd.grad(gs, params, vs, retain_graph=True))[2])
+    return statistics.median(ours) / statistics.median(bare)
+
+
+class Logits(nn.Module):
+    "The language model as PyHessian wants it: inputs -> logits of the next tokens, flat (the model's own loss is their cross-entropy)"
+    def __init__(self, lm): super().__init__(); self.lm = lm
+    def forward(self, ids): return self.lm(input_ids=ids).logits[:, :-1].flatten(0, 1)
+
+
+def worker(args):
+    "One tool on one GPT-2, in this (fresh) process: extra peak RSS over the model and its gradients, time, products, values"
+    warnings.simplefilter('ignore')
+    if args.threads: torch.set_num_threads(args.threads)
+    model, batch = gpt2(args.model)
+    model(**batch).loss.backward()   # the gradients exist, as in training
+    P = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    budget = None if args.budget_gib is None else int(args.budget_gib * GIB)
+    tool, part = args.worker.split(':')
+    base = maxrss()
+    out = dict(P=P)
+    if tool == 'lossviz':
+        H, t_init = timed(lambda: Hessian(model, None, batch, budget=budget, verbose=False))
+        if part == 'eig': r, t, c = clocked(lambda: H.eigenvalues(k=3, tol=args.tol))
+        elif part == 'trace': r, t, c = clocked(lambda: H.trace(tol=0.05, max_matvecs=args.trace_max))
+        else: r, t, c = clocked(lambda: H.density(n_iter=args.steps, n_runs=args.runs))
+        out.update(seconds=t, cpu=c, init_seconds=t_init, products=r.n_matvecs, kernel=r.meta['kernel'],
+                   meta={k: v for k, v in r.meta.items() if k not in ('probe',)})
+        if part == 'eig': out.update(values=r.values.tolist(), converged=r.converged.tolist())
+        elif part == 'trace': out.update(value=r.value, stderr=r.stderr)
+        else: out.update(mean=r.moment(1)[0], lo=float(r.nodes.min()), hi=float(r.nodes.max()))
+    elif tool == 'pyhessian':
+        from pyhessian import hessian as PyHessian
+        phmod, counter = sys.modules['pyhessian.hessian'], [0]
+        hvp = phmod.hessian_vector_product
+        def counted(*a):
+            counter[0] += 1
+            return hvp(*a)
+        phmod.hessian_vector_product = counted
+        ids = batch['input_ids']
+        torch.manual_seed(0)
+        def run():
+            ph = PyHessian(Logits(model), F.cross_entropy, data=(ids, ids[:, 1:].flatten()), cuda=False)
+            return ph.eigenvalues(top_n=3, tol=args.tol)[0]
+        vals, t, c = clocked(run)
+        out.update(seconds=t, cpu=c, products=counter[0], kernel='double_backward', values=[float(v) for v in vals])
+    else:   # ARPACK on lossviz's products, float64 vectors
+        from scipy.sparse.linalg import LinearOperator, eigsh
+        H, counter = Hessian(model, None, batch, verbose=False), [0]
+        def mv(x):
+            counter[0] += 1
+            return H.matvec(torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(-1))).double().numpy()
+        (vals, _), t, c = clocked(lambda: eigsh(LinearOperator((P, P), matvec=mv, dtype=np.float64), k=3, which=part, tol=1e-6, v0=np.ones(P)))
+        key = (lambda v: -v) if part == 'LA' else (lambda v: -abs(v))
+        out.update(seconds=t, cpu=c, products=counter[0], kernel=H._kernel, values=sorted(vals.tolist(), key=key))
+    out['extra'] = maxrss() - base
+    out['bare'], out['bare_cpu'] = bare_hvp(model, batch, out['kernel'])
+    if tool == 'lossviz' and part == 'eig':   # robust to load: the run's time over its products' (same window) x lossviz's product over the bare one (alternated)
+        out['matvec_ratio'] = matvec_ratio(H, model, batch)
+        out['ratio'] = out['meta']['seconds'] / out['meta']['product_seconds'] * out['matvec_ratio']
+    return out
+
+
+def run_worker(args, job):
+    "`job` ('tool:part') in a fresh subprocess; its result, or the reason it gave none"
+    cmd = [sys.executable, __file__, '--model', args.model, '--worker', job, '--tol', str(args.tol), '--trace-max', str(args.trace_max),
+           '--steps', str(args.steps), '--runs', str(args.runs)]
+    if args.threads: cmd += ['--threads', str(args.threads)]
+    if args.budget_gib is not None: cmd += ['--budget-gib', str(args.budget_gib)]
+    p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    line = next((l for l in p.stdout.splitlines() if l.startswith('RESULT ')), None)
+    if line is None: return {'error': (p.stderr.strip().splitlines() or ['exit code %d' % p.returncode])[-1][:100]}
+    return json.loads(line[7:])
+
+
+def gpt2_main(args):
+    "Each tool on the GPT-2 in its own process; one table"
+    parts, tools = (args.parts or 'eig,trace,density').split(','), args.tools.split(',')
+    args.steps, args.runs = (40, 8) if (args.steps, args.runs) == (80, 8) else (args.steps, args.runs)   # the issue's 8 x 40 SLQ
+    model, _ = gpt2(args.model)
+    P = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    del model
+    arpack_fits = 20 * 8 * P < 0.5 * (available_memory('cpu') or 0)   # eigsh's default basis: 20 float64 vectors
+    jobs = [f"lossviz:{p}" for p in parts if 'lossviz' in tools]
+    if 'pyhessian' in tools and 'eig' in parts: jobs.append('pyhessian:eig')
+    if 'arpack' in tools and 'eig' in parts and arpack_fits: jobs += ['arpack:LA', 'arpack:LM']
+    res = {}
+    for job in jobs:
+        res[job] = run_worker(args, job)
+        print(f"  {job}: {res[job]}", file=sys.stderr, flush=True)
+    print(f"\n{args.model}: P={P:,}, eager attention, batch 2 x 16 tokens, model's own loss, threads {args.threads or torch.get_num_threads()}, "
+          f"torch {torch.__version__}; each tool in a fresh process; tol {args.tol:g}")
+    if 'arpack' in tools and not arpack_fits: print(f"ARPACK skipped: its 20 float64 vectors ({20 * 8 * P / GIB:.1f} GiB) do not fit half the free memory")
+    ref = {w: res.get(f'arpack:{w}', {}).get('values') for w in ('LA', 'LM')}
+    head = ('extra GiB', 'seconds', 'products', 'cpu s/prod', 'bare cpu s', 'x bare', 'values', 'rel err')
+    print(f"{'tool':<40}" + ''.join(f"{h:>12}" for h in head[:-2]) + f"  {'values':<36}{'max rel err (vs ARPACK)':>24}")
+    for job, r in res.items():
+        name = {'lossviz:eig': f'lossviz eigenvalues(k=3, tol={args.tol:g})', 'lossviz:trace': 'lossviz trace(tol=0.05)',
+                'lossviz:density': f'lossviz density({args.runs} x {args.steps})', 'pyhessian:eig': f'PyHessian eigenvalues(top_n=3, tol={args.tol:g})',
+                'arpack:LA': 'ARPACK eigsh(k=3, LA, tol=1e-6)', 'arpack:LM': 'ARPACK eigsh(k=3, LM, tol=1e-6)'}[job]
+        if 'error' in r: print(f"{name:<40}  failed: {r['error']}"); continue
+        per = r['cpu'] / r['products']
+        cols = [f"{r['extra'] / GIB:.2f}", f"{r['seconds']:.1f}", f"{r['products']}", f"{per:.3f}", f"{r['bare_cpu']:.3f}",
+                f"{per / r['bare_cpu']:.2f}" + (f" ({r['ratio']:.2f})" if 'ratio' in r else '')]
+        if 'values' in r: vals = ', '.join(f"{v:.5g}" for v in r['values'])
+        elif 'value' in r: vals = f"trace {r['value']:.5g} +- {r['stderr']:.2g}"
+        else: vals = f"mean {r['mean']:.4g}, nodes [{r['lo']:.4g}, {r['hi']:.4g}]"
+        against = ref['LM'] if job == 'pyhessian:eig' else ref['LA'] if job == 'lossviz:eig' else None
+        mine = sorted(r['values'], key=lambda v: -abs(v)) if job == 'pyhessian:eig' else r.get('values')   # PyHessian's, by magnitude as ARPACK's LM
+        err = f"{max(abs(a - b) / abs(b) for a, b in zip(mine, against)):.1e}" if against and mine else ''
+        print(f"{name:<40}" + ''.join(f"{c:>12}" for c in cols) + f"  {vals:<36}{err:>24}")
+        if job.startswith('lossviz'):
+            m = r['meta']
+            if 'ratio' in r: print(f"{'':<40}  (in parentheses: run / its products {m['seconds'] / m['product_seconds']:.2f} (Gram-Schmidt "
+                                   f"{m['orth_seconds'] / m['product_seconds']:.2f}) x lossviz's product / bare {r['matvec_ratio']:.2f}, timed alternately)")
+            print(f"{'':<40}  kernel {m['kernel']}, budget {m['budget'] / GIB if m['budget'] else float('nan'):.2f} GiB, estimate "
+                  f"{m.get('memory_estimate', 0) / GIB:.2f} GiB, " + ', '.join(f"{k} {m[k]}" for k in ('basis_size', 'restarts', 'sketch', 'chunk', 'runs_together', 'window') if k in m))
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ Kinds and variants (float32, one thread):
     python benchmarks/memory.py lce fused 2048 256 --v 16384     # one measurement, printed as a JSON line
     python benchmarks/memory.py nce tiled 4096 64
 
-tests/test_kernels.py and tutorial 06 load this file by path and call `extra_peak_memory`; benchmarks/kernels.py uses
+tests/test_kernels.py and tutorial 06 load this file by path and call `extra_peak_memory`; benchmarks/fused_losses.py uses
 its RSS helpers. It is a script of the repository, not part of the lossviz package.
 """
 import argparse, json, resource, subprocess, sys

@@ -82,14 +82,15 @@ class _ModuleState:
     buffers: dict
 
 def _snapshot(model):
-    "Record references, values and flags of every submodule of `model`"
+    "Record references, values and flags of every submodule of `model`, and take the parameters' `.grad` tensors off them (kept aside untouched, put back by `_restore`: no copy, and nothing inside can accumulate into them)"
     states, values = [], {}
     for m in model.modules():
         states.append(_ModuleState(m, m.training, dict(m._parameters), dict(m._buffers)))
         for t in [*m._parameters.values(), *m._buffers.values()]:
             if t is None or id(t) in values: continue
             g = t.grad if isinstance(t, nn.Parameter) else None
-            values[id(t)] = (t, t.detach().clone(), t.requires_grad, g, None if g is None else g.detach().clone())
+            values[id(t)] = (t, t.detach().clone(), t.requires_grad, g)
+            if g is not None: t.grad = None
     return states, values
 
 def _restore(states, values):
@@ -99,12 +100,10 @@ def _restore(states, values):
             s.module.training = s.training
             s.module._parameters.clear(); s.module._parameters.update(s.params)
             s.module._buffers.clear(); s.module._buffers.update(s.buffers)
-        for t, v, rg, g, gv in values.values():
+        for t, v, rg, g in values.values():
             _put_back(t, v)
             t.requires_grad_(rg)
-            if isinstance(t, nn.Parameter):
-                if g is not None: _put_back(g, gv)
-                t.grad = g
+            if isinstance(t, nn.Parameter): t.grad = g
 
 def _put_back(t, v):
     "Make `t` hold `v` again; unchanged tensors are not written, so their version counters (and autograd graphs saving them) stay valid"

@@ -6,7 +6,8 @@ Docs: https://lossviz.github.io/lossviz/hessian.html.md"""
 
 # %% ../nbs/03_hessian.ipynb #291f6ccc
 from __future__ import annotations
-import math, time, warnings
+import inspect, itertools, math, time, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 import torch
 from torch import nn, Tensor
@@ -15,17 +16,23 @@ from torch.utils._pytree import tree_map, tree_leaves
 from fastcore.basics import patch
 from .core import (FunctionalLoss, ParamSpec, select_params, preserved, progress, make_generator, batch_size, chunk_count,
                           default_budget, call_model, synchronize, check_scalar_loss, split_outputs, calls_attention,
-                          math_attention, torch_limitation, has_random_layers, available_memory, accumulation_dtype)
+                          math_attention, torch_limitation, has_random_layers, available_memory, accumulation_dtype, all_reduce_sum)
 from . import plots
 
 # %% auto #0
-__all__ = ['CURVATURES', 'METHODS', 'LINEARIZE_AFTER', 'WHICH', 'Hessian', 'basis_size', 'lanczos', 'EigenResult', 'TraceResult',
-           'hutchpp', 'xtrace', 'DensityResult', 'slq', 'BlockResult', 'eigenvalues', 'trace', 'density']
+__all__ = ['CURVATURES', 'METHODS', 'LARGE_P', 'LARGE_BASIS', 'BUDGET_SHARE', 'PRODUCT_BUFFERS', 'MEMORY_MARGIN', 'KERNELS',
+           'WHICH', 'DGKS', 'DOT_CHUNK', 'XTRACE_VECTORS', 'Hessian', 'default_max_matvecs', 'basis_size', 'fit_basis',
+           'lanczos', 'EigenResult', 'TraceResult', 'hutchpp', 'xtrace', 'DensityResult', 'slq', 'BlockResult',
+           'eigenvalues', 'trace', 'density']
 
 # %% ../nbs/03_hessian.ipynb #fd714ba5
 CURVATURES = ('hessian', 'ggn', 'empirical_fisher')
 METHODS = ('auto', 'linearize', 'jvp', 'vjp', 'double_backward')
-LINEARIZE_AFTER = 64   # products after which `method="auto"` measures the linearized product (see the prose above)
+LARGE_P = 2_000_000       # above this many parameters, `method="auto"` keeps the first kernel that works, untimed, and the default Lanczos basis is `LARGE_BASIS`
+LARGE_BASIS = 12          # the default Lanczos basis (with k <= 5) above `LARGE_P` parameters, where reading a basis of 40 costs more than the products it saves (see the prose)
+BUDGET_SHARE = 0.5        # without a `budget`: the share of the memory free on the device that one computation may take
+PRODUCT_BUFFERS = 7       # parameter-sized buffers (model dtype) the products take besides the algorithms' vectors, as measured (see "Memory" below)
+MEMORY_MARGIN = 0.15      # share of the budget left to what the estimates do not count: activations, blocks the allocator keeps
 
 def _rademacher(k:int, P:int, g:torch.Generator, dtype, device) -> Tensor:
     "`k` Rademacher vectors (entries +-1) of size `P` drawn from `g`"
@@ -53,12 +60,13 @@ class Hessian:
                  curvature:str='hessian', # "hessian", "ggn" (generalised Gauss-Newton) or "empirical_fisher"
                  train_mode:bool=False, # train-mode semantics: BatchNorm batch statistics (running stats never written), Dropout active
                  seed:int|None=None, # train mode: seed of the random layers' draws, so that every product of a batch uses the same Dropout masks (None: fresh masks, warned)
-                 method:str='auto', # "auto" (timed); "linearize", "jvp", "double_backward" or "vjp"; for the GGN and empirical Fisher "jvp" (torch.func) or "double_backward" (torch.autograd)
-                 batched:bool|None=None, # vmap stacks of vectors (True), loop (False), or decide by timing (None)
+                 method:str='auto', # "auto" (chosen on the first product); "linearize", "jvp", "double_backward" or "vjp"; for the GGN and empirical Fisher "jvp" (torch.func) or "double_backward" (torch.autograd)
+                 batched:bool|None=None, # vmap stacks of vectors (True), loop (False), or decide by timing the first stack (None)
                  chunk_size:int|None=None, # vectors per vmapped call (None: fit `budget`)
-                 budget:int|None=None, # memory budget in bytes for batched products (None: `core.default_budget`)
-                 cache:bool=True, # keep batches and per-batch setups (linearized graphs, per-sample gradients) between products
+                 budget:int|None=None, # bytes one computation may take beyond the model: products, kept setups and the vectors of Lanczos, Hutch++ and SLQ (None: `BUDGET_SHARE` of the memory free on the device when it starts)
+                 cache:bool=True, # keep the batches on the device, and per-batch setups (kept graphs, linearized functions, per-sample gradients) while they fit `budget`
                  verbose:bool=True, # progress bars
+                 on_product=None, # called as `on_product(n_matvecs)` after each full-data product (progress reports; raising stops the computation)
                 ):
         if curvature not in CURVATURES: raise ValueError(f"`curvature` must be one of {CURVATURES}, got {curvature!r}")
         if method not in METHODS: raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
@@ -67,6 +75,7 @@ class Hessian:
         if curvature == 'empirical_fisher' and train_mode:
             raise ValueError("`train_mode`=True is not supported with curvature='empirical_fisher': per-sample gradients are undefined with batch statistics")
         if chunk_size is not None and chunk_size < 1: raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
+        if budget is not None and not budget > 0: raise ValueError(f"`budget` must be a positive number of bytes, got {budget!r}")
         if curvature == 'ggn' and loss_fn is None:
             raise ValueError("curvature='ggn' needs a `loss_fn(outputs, targets)`: the GGN separates the loss from the network, which the model's own loss (`loss_fn=None`) does not allow")
         self.fl = FunctionalLoss(model, loss_fn, data, params=params, train_mode=train_mode, cache=cache)
@@ -75,39 +84,46 @@ class Hessian:
             warnings.warn("train_mode=True on a model with random layers (Dropout): every product draws new masks, so the products are of no fixed matrix "
                           "and Lanczos, Hutch++ and SLQ estimate nothing definite; pass `seed=` to use the same masks for every product of a batch")
         self.spec, self.P = self.fl.spec, self.fl.spec.size
-        self.curvature, self.method, self.batched, self.chunk_size = curvature, method, batched, chunk_size
-        self.budget, self.cache, self.verbose = budget, cache, verbose
+        self.curvature, self.method, self.batched, self.chunk_size = curvature, method, batched, chunk_size   # as given: choices go in `meta`
+        self.budget, self.cache, self.verbose, self.on_product = budget, cache, verbose, on_product
         self.dtype, self.device = accumulation_dtype(self.spec.dtype), self.spec.device   # vectors: float32 at least (bf16 models too)
         self.n_matvecs, self.timings = 0, {'setup': 0.0}
-        self._kernel, self._setups, self._chunk, self._batched_arg, self._switch_checked = None, {}, None, batched, False
-        with preserved(model): self.loss, seen = calls_attention(self._checked_loss)
+        self._kernel, self._batched, self._setups, self._leaves = None, batched, {}, None   # chosen once: the kernel on the first product, vmap or loop on the first stack
+        self._chunk, self._per_vec, self._kept_limit = None, None, None
+        self._offsets = {n: (s.start, s.stop) for n, s in self.spec.blocks().items()}
+        with preserved(model): (self.loss, self.n_samples, self.n_batches), seen = calls_attention(self._checked_loss)
         self.meta = {'attention': 'math'} if seen else {}   # then scaled-dot-product attention runs the math kernel in every product
+        if batched is not None: self.meta['batched'] = batched
 
-    def _checked_loss(self) -> float:
-        "Full-data loss at the current parameters, raising if any batch gives a non-finite loss"
-        def f(i, x, y):
-            self._fix_draws(i)
-            l = self.fl.batch_loss(self.fl.params, x, y)
-            if not torch.isfinite(l): raise ValueError(f"`loss_fn` returned a non-finite loss ({l.item()}) on batch {i} of `data`")
-            return l
-        with torch.no_grad(): return float(self.fl.batches.weighted_mean(f, with_index=True))
+    def _checked_loss(self) -> tuple[float, int|float, int]:
+        "Full-data loss at the current parameters, the data's total weight (over all ranks) and the number of local batches; raises if a batch gives a non-finite loss"
+        total, N, nb = 0, 0, 0
+        with torch.no_grad():
+            for i, (x, y, n) in enumerate(self.fl.batches):
+                self._fix_draws(i)
+                l = self.fl.batch_loss(self.fl.params, x, y)
+                if not torch.isfinite(l): raise ValueError(f"`loss_fn` returned a non-finite loss ({l.item()}) on batch {i} of `data`")
+                total, N, nb = total + l * n, N + n, nb + 1
+        if self.fl.batches.distributed: total, N = all_reduce_sum(total, N)
+        return float(total / N), N, nb
 
-    def __repr__(self):
-        nb = len(self.fl.batches)
-        return (f"Hessian(curvature={self.curvature!r}, P={self.P:,}, {nb} batch{'es' * (nb > 1)} / {self.fl.batches.n_samples:,} {self.fl.batches.unit}, "
+    def __repr__(self):   # from values kept at construction: printing on one rank never waits for the others
+        nb = self.n_batches
+        return (f"Hessian(curvature={self.curvature!r}, P={self.P:,}, {nb} batch{'es' * (nb > 1)} / {self.n_samples:,} {self.fl.batches.unit}, "
                 f"loss={self.loss:.6g}, method={self._kernel or self.method!r}, train_mode={self.fl.train_mode}, products so far={self.n_matvecs})")
 
 # %% ../nbs/03_hessian.ipynb #1f62bbee
-@patch
-def _map(self:Hessian, fn, V:Tensor, batched:bool, i:int) -> Tensor:
-    "Apply `fn` (tangent dict -> tangent dict) to each row of `V` (k, P) of batch `i`, vmapped or looped; with `seed`, every row sees the same random draws"
+def _rows(d:dict) -> dict: return {n: t.unsqueeze(0) for n, t in d.items()}
+
+def _map(H:Hessian, fn, V:Tensor, batched:bool, i:int):
+    "Apply `fn` (tangent dict -> tangent dict) to the rows of `V` (k, P) of batch `i`, in one vmapped call or a loop: yields `(row, products)`, products with a leading dimension of rows; with `seed`, every row sees the same random draws"
     if batched:   # randomness 'same': one draw of masks serves every row, as in the loop
-        self._fix_draws(i)
-        return self.spec.flatten(vmap(fn, randomness='same' if self._random and self.seed is not None else 'error')(self.spec.unflatten(V)))
-    def one(v):
-        self._fix_draws(i)
-        return self.spec.flatten(fn(self.spec.unflatten(v)))
-    return torch.stack([one(v) for v in V])
+        H._fix_draws(i)
+        yield 0, vmap(fn, randomness='same' if H._random and H.seed is not None else 'error')(H.spec.unflatten(V))
+        return
+    for r, v in enumerate(V):
+        H._fix_draws(i)
+        yield r, _rows(fn(H.spec.unflatten(v)))
 
 @patch
 def _fix_draws(self:Hessian, i:int):
@@ -119,32 +135,37 @@ def _grad_fn(self:Hessian, x, y):
     return grad(lambda p: self.fl.batch_loss(p, x, y))
 
 @patch
-def _k_jvp(self:Hessian, i, x, y, V, batched):
-    g, p = self._grad_fn(x, y), self.fl.params
-    return self._map(lambda u: jvp(g, (p,), (u,))[1], V, batched, i)
-
-@patch
-def _k_vjp(self:Hessian, i, x, y, V, batched):
-    pullback = vjp(self._grad_fn(x, y), self.fl.params)[1]   # reverse-over-reverse in torch.func: H symmetric, so H v = vjp(grad)(v)
-    return self._map(lambda u: pullback(u)[0], V, batched, i)
-
-@patch
 def _setup(self:Hessian, key, make):
-    "Cached per-batch setup `make()`; its time is recorded in `timings['setup']`"
+    "Per-batch setup `make()`, kept for later products while `_keeps` allows; its time is recorded in `timings['setup']`"
     if key in self._setups: return self._setups[key]
     t0 = time.perf_counter()
     out = make()
     self.timings['setup'] += time.perf_counter() - t0
-    if self.cache: self._setups[key] = out
+    if self._keeps(key): self._setups[key] = out
     return out
 
 @patch
-def _k_linearize(self:Hessian, i, x, y, V, batched):
+def _keeps(self:Hessian, key) -> bool:
+    "Whether the setup `key` (kernel, batch) is kept: that of the first batches, as many as `_kept_batches` says"
+    return key[1] < self._kept_batches()
+
+def _jvp_kernel(H:Hessian, i, x, y, V, batched):
+    "Forward-over-reverse: `torch.func.jvp` of the gradient; nothing kept"
+    g, p = H._grad_fn(x, y), H.fl.params
+    return _map(H, lambda u: jvp(g, (p,), (u,))[1], V, batched, i)
+
+def _vjp_kernel(H:Hessian, i, x, y, V, batched):
+    "Reverse-over-reverse in `torch.func`: H is symmetric, so H v = vjp(grad)(v)"
+    pullback = vjp(H._grad_fn(x, y), H.fl.params)[1]
+    return _map(H, lambda u: pullback(u)[0], V, batched, i)
+
+def _linearize_kernel(H:Hessian, i, x, y, V, batched):
+    "`torch.func.linearize` of the gradient, traced once per batch; each product replays the tangent part"
     def make():
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', UserWarning)   # torch.fx const-folding chatter
-            return linearize(self._grad_fn(x, y), self.fl.params)[1]
-    return self._map(self._setup(('linearize', i), make), V, batched, i)
+            return linearize(H._grad_fn(x, y), H.fl.params)[1]
+    return _map(H, H._setup(('linearize', i), make), V, batched, i)
 
 def _grads(outputs, inputs, grad_outputs, retain_graph:bool=True, **kw) -> list[Tensor]:
     "`torch.autograd.grad` (keeping the graph by default), with zeros (batched like `grad_outputs`) for inputs that are not reached"
@@ -156,57 +177,62 @@ def _grads(outputs, inputs, grad_outputs, retain_graph:bool=True, **kw) -> list[
 
 @patch
 def _graph_leaves(self:Hessian) -> tuple[dict, dict]:
-    "Leaf copies of the chosen parameters (requiring grad) and the whole state around them, for a kept autograd graph (own copies: it must not see in-place writes)"
-    p = {n: t.detach().clone().requires_grad_() for n, t in self.fl.params.items()}
-    return p, {**{n: t.detach().clone() for n, t in {**self.fl.fixed, **self.fl.buffers}.items()}, **p}
+    "Leaves for the kept autograd graphs: the chosen parameters as views requiring grad (no copy: they share the parameters' version counters, so a graph that an in-place write to the model made stale raises instead of computing with new values) and the whole state around them (buffers copied: train mode writes BatchNorm statistics); made once, shared by every batch"
+    if self._leaves is None:
+        p = {n: t.detach().requires_grad_() for n, t in self.fl.params.items()}
+        self._leaves = p, {**self.fl.fixed, **{n: t.detach().clone() for n, t in self.fl.buffers.items()}, **p}
+    return self._leaves
 
-@patch
-def _k_double_backward(self:Hessian, i, x, y, V, batched):
-    names = self.spec.names
-    def make():   # the gradient's graph, built once per batch and kept: each product is then one backward pass
-        p, state = self._graph_leaves()
+def _backward_rows(H:Hessian, key, back, V, batched):
+    "Pieces of `back(tangent dict, retain_graph, **kw) -> products` over the rows of `V`: one call with `is_grads_batched`, or a loop that frees an unkept graph after its last row"
+    kept = key in H._setups
+    if batched: return iter([(0, back(H.spec.unflatten(V), kept, is_grads_batched=True))])
+    return ((r, _rows(back(H.spec.unflatten(v), kept or r < len(V) - 1))) for r, v in enumerate(V))
+
+def _double_backward_kernel(H:Hessian, i, x, y, V, batched):
+    "Reverse-over-reverse in `torch.autograd`: the gradient's graph is built once per batch (and kept, while it fits); each product is one backward pass through it"
+    names, key = H.spec.names, ('double_backward', i)
+    def make():
+        p, state = H._graph_leaves()
         with torch.enable_grad():
-            gs = torch.autograd.grad(self.fl.batch_loss(state, x, y), [p[n] for n in names], create_graph=True, allow_unused=True)
+            gs = torch.autograd.grad(H.fl.batch_loss(state, x, y), [p[n] for n in names], create_graph=True, allow_unused=True)
         live = [j for j, g in enumerate(gs) if g is not None and g.requires_grad]
         return [p[n] for n in names], [gs[j] for j in live], live
-    leaves, gs, live = self._setup(('double_backward', i), make)
-    if not live: return torch.zeros_like(V)
-    def back(vs, keep, **kw): return self.spec.flatten(dict(zip(names, _grads(gs, leaves, [vs[names[j]] for j in live], retain_graph=keep, **kw))))
-    if batched: return back(self.spec.unflatten(V), self.cache, is_grads_batched=True)
-    return torch.stack([back(self.spec.unflatten(v), self.cache or r < len(V) - 1) for r, v in enumerate(V)])
+    leaves, gs, live = H._setup(key, make)
+    if not live: return iter(())   # no parameter reaches the loss: zero curvature
+    def back(vs, retain, **kw): return dict(zip(names, _grads(gs, leaves, [vs[names[j]] for j in live], retain_graph=retain, **kw)))
+    return _backward_rows(H, key, back, V, batched)
 
-@patch
-def _k_ggn(self:Hessian, i, x, y, V, batched):
-    p = self.fl.params
-    rebuild = [None]
+def _ggn_kernel(H:Hessian, i, x, y, V, batched):
+    "Generalised Gauss-Newton J^T H_l J by `torch.func`: jvp through the model, the loss's Hessian on the outputs, vjp back"
+    p, rebuild = H.fl.params, [None]
     def f(q):   # only tensors leave a transform: the outputs' tensors; the loss gets their structure back (a ModelOutput, caches as None)
-        ts, rebuild[0] = split_outputs(self.fl.outputs(q, x))
+        ts, rebuild[0] = split_outputs(H.fl.outputs(q, x))
         return ts
     out, pullback = vjp(f, p)
-    loss_hvp = vjp(grad(lambda o: check_scalar_loss(self.fl.loss_fn(rebuild[0](o), y))), out)[1]   # reverse-over-reverse: outputs are small
+    loss_hvp = vjp(grad(lambda o: check_scalar_loss(H.fl.loss_fn(rebuild[0](o), y))), out)[1]   # reverse-over-reverse: outputs are small
     def one(u): return pullback(loss_hvp(jvp(f, (p,), (u,))[1])[0])[0]
-    return self._map(one, V, batched, i)
+    return _map(H, one, V, batched, i)
 
-@patch
-def _k_ggn_autograd(self:Hessian, i, x, y, V, batched):
-    names = self.spec.names
-    def make():   # kept per batch: the outputs' graph, J^T w for a dummy w (J v is its gradient in w), the loss gradient on detached outputs
-        p, state = self._graph_leaves()
+def _ggn_autograd_kernel(H:Hessian, i, x, y, V, batched):
+    "The GGN by `torch.autograd`: J v from the double-vjp trick, then the loss's Hessian and J^T, through graphs built once per batch"
+    names, key = H.spec.names, ('ggn_autograd', i)
+    def make():   # the outputs' graph, J^T w for a dummy w (J v is its gradient in w), the loss gradient on detached outputs
+        p, state = H._graph_leaves()
         with torch.enable_grad():
-            outs, rebuild = split_outputs(self.fl.outputs(state, x))
+            outs, rebuild = split_outputs(H.fl.outputs(state, x))
             ws = [torch.zeros_like(o, requires_grad=True) for o in outs]
             jt = torch.autograd.grad(outs, [p[n] for n in names], ws, create_graph=True, allow_unused=True)
             lo = [o.detach().requires_grad_() for o in outs]
-            gl = torch.autograd.grad(check_scalar_loss(self.fl.loss_fn(rebuild(lo), y)), lo, create_graph=True)
+            gl = torch.autograd.grad(check_scalar_loss(H.fl.loss_fn(rebuild(lo), y)), lo, create_graph=True)
         return [p[n] for n in names], outs, ws, jt, lo, gl
-    leaves, outs, ws, jt, lo, gl = self._setup(('ggn_autograd', i), make)
+    leaves, outs, ws, jt, lo, gl = H._setup(key, make)
     live = [j for j, g in enumerate(jt) if g is not None and g.requires_grad]
-    if not live: return torch.zeros_like(V)
-    def one(vs, **kw):
+    if not live: return iter(())
+    def back(vs, retain, **kw):
         ju = _grads([jt[j] for j in live], ws, [vs[names[j]] for j in live], **kw)   # J v, by differentiating J^T w in w
-        return self.spec.flatten(dict(zip(names, _grads(outs, leaves, _grads(gl, lo, ju, **kw), **kw))))
-    if batched: return one(self.spec.unflatten(V), is_grads_batched=True)
-    return torch.stack([one(self.spec.unflatten(v)) for v in V])
+        return dict(zip(names, _grads(outs, leaves, _grads(gl, lo, ju, **kw), retain_graph=retain, **kw)))
+    return _backward_rows(H, key, back, V, batched)
 
 @patch
 def _per_sample_grads(self:Hessian, x, y, n) -> Tensor:
@@ -214,7 +240,7 @@ def _per_sample_grads(self:Hessian, x, y, n) -> Tensor:
     def one(xi, yi):
         xb, yb = tree_map(lambda t: t.unsqueeze(0), (xi, yi))
         return self.spec.flatten(grad(lambda q: self.fl.batch_loss(q, xb, yb))(self.fl.params))
-    size = chunk_count(n, 4 * self.P * self.spec.dtype.itemsize, self.budget, self.device)
+    size = chunk_count(n, 4 * self.P * self.spec.dtype.itemsize, self._stack_budget(), self.device)
     sl = lambda t, a: tree_map(lambda u: u[a:a + size], t)
     return torch.cat([vmap(one)(sl(x, a), sl(y, a)) for a in range(0, n, size)])
 
@@ -228,125 +254,146 @@ def _per_sample_grads_autograd(self:Hessian, x, y, n) -> Tensor:
         rows.append(self.spec.flatten(dict(zip(self.spec.names, _grads([l], leaves, [torch.ones_like(l)])))))
     return torch.stack(rows)
 
-@patch
-def _ef_product(self:Hessian, name, per_sample, i, x, y, V):
-    "Empirical Fisher products `V G^T G / n` from the per-sample gradients `G` of batch `i` (kept under `name` when they fit the budget)"
+def _ef_product(H:Hessian, name, per_sample, i, x, y, V):
+    "Empirical Fisher products `V G^T G / n` from the per-sample gradients `G` of batch `i` (kept when all batches' fit the stacks' budget)"
     n = batch_size((x, y))
-    fits = self.cache and self.spec.dtype.itemsize * self.P * self.fl.batches.n_samples <= (self.budget or default_budget(self.device))
-    G = self._setup((name, i), lambda: per_sample(x, y, n)) if fits else per_sample(x, y, n)
-    return (V @ G.T) @ G / n
+    fits = H.cache and H.spec.dtype.itemsize * H.P * H.n_samples <= H._stack_budget()
+    G = H._setup((name, i), lambda: per_sample(x, y, n)) if fits else per_sample(x, y, n)
+    return iter([(0, H.spec.unflatten((V @ G.T) @ G / n))])
 
-@patch
-def _k_empirical_fisher(self:Hessian, i, x, y, V, batched): return self._ef_product('empirical_fisher', self._per_sample_grads, i, x, y, V)
+def _empirical_fisher_kernel(H:Hessian, i, x, y, V, batched):
+    "Empirical Fisher from per-sample gradients by `vmap(grad)`"
+    return _ef_product(H, 'empirical_fisher', H._per_sample_grads, i, x, y, V)
 
-@patch
-def _k_empirical_fisher_autograd(self:Hessian, i, x, y, V, batched):
-    return self._ef_product('empirical_fisher_autograd', self._per_sample_grads_autograd, i, x, y, V)
+def _empirical_fisher_autograd_kernel(H:Hessian, i, x, y, V, batched):
+    "Empirical Fisher from per-sample gradients by `torch.autograd`, one sample at a time"
+    return _ef_product(H, 'empirical_fisher_autograd', H._per_sample_grads_autograd, i, x, y, V)
+
+KERNELS = {'jvp': _jvp_kernel, 'vjp': _vjp_kernel, 'linearize': _linearize_kernel, 'double_backward': _double_backward_kernel,
+           'ggn': _ggn_kernel, 'ggn_autograd': _ggn_autograd_kernel,
+           'empirical_fisher': _empirical_fisher_kernel, 'empirical_fisher_autograd': _empirical_fisher_autograd_kernel}
 
 # %% ../nbs/03_hessian.ipynb #43d0f77f
 @patch
-def _candidates(self:Hessian):
+def _candidates(self:Hessian) -> list[str]:
     "Kernels for the first product, in order of preference (a later one only if the earlier ones fail, with `auto`)"
     if self.curvature != 'hessian':   # torch.func, then torch.autograd
         return {'auto': [self.curvature, f"{self.curvature}_autograd"], 'jvp': [self.curvature], 'double_backward': [f"{self.curvature}_autograd"]}[self.method]
+    if self.method == 'linearize': return ['jvp', 'linearize']   # `jvp` first, as a probe: where forward mode fails, `linearize` can crash the process
     if self.method != 'auto': return [self.method]
     return ['double_backward', 'jvp'] if self.cache else ['jvp', 'double_backward']   # a graph rebuilt at every product never pays
 
 @patch
-def _kernel_fn(self:Hessian, name): return getattr(self, f"_k_{name}")
-
-@patch
-def _timed(self:Hessian, name, i, x, y, V, batched):
-    "Run kernel `name`, returning (result, seconds excluding one-time setup)"
+def _timed(self:Hessian, name:str, i, x, y, V, batched=False) -> tuple[list, float]:
+    "Kernel `name`'s products with `V` on batch `i`, computed (as a list of pieces), and the seconds they took (one-time setup excluded)"
     synchronize(self.device)
     s0, t0 = self.timings['setup'], time.perf_counter()
-    out = self._kernel_fn(name)(i, x, y, V, batched)
+    pieces = list(KERNELS[name](self, i, x, y, V, batched))
     synchronize(self.device)
-    return out, time.perf_counter() - t0 - (self.timings['setup'] - s0)
+    return pieces, time.perf_counter() - t0 - (self.timings['setup'] - s0)
 
 @patch
-def _use(self:Hessian, name, times):
-    "Keep kernel `name` (with the single-vector timings `times`), free the other kernels' setups, and re-decide batching"
-    self._kernel, self.batched, self.timings['per_product'] = name, self._batched_arg, dict(times)
-    self._setups = {key: val for key, val in self._setups.items() if key[0] == name}
-
-@patch
-def _first_product(self:Hessian, i, x, y, v):
-    "The product with the first vector `v` (1, P), by the first candidate that works (falling back only with `auto`)"
-    if self.method == 'linearize':
-        out, times = self._measure(i, x, y, v, ['jvp', 'linearize'], strict=True)
-        self._use('linearize', times)
-        return out
+def _choose(self:Hessian, i, x, y, v) -> list:
+    "The first product (vector `v` (1, P) of batch `i`) by the first kernel that works, timed; with `auto` on a small operator the other candidates compute the same product, timed too (one that PyTorch cannot run here is passed over), and `_decide` keeps the fastest. Returns the kept kernel's pieces: every product of the operator, the first included, comes from that one kernel"
     names, first_error = self._candidates(), None
-    for name in names:
-        try: out, t = self._timed(name, i, x, y, v, False)
+    for j, name in enumerate(names):
+        try: pieces, t = self._timed(name, i, x, y, v)
         except Exception as e:   # only PyTorch's own limitations fall back to the next kernel: the user's errors propagate
             if self.method != 'auto' or name == names[-1] or not torch_limitation(e): raise e from first_error
             first_error = first_error or e
             continue
+        if self.method == 'linearize' and name == 'jvp': continue
         if first_error is not None:
             warnings.warn(f"{names[0]!r} curvature-vector products failed on this model ({type(first_error).__name__}: {str(first_error)[:200]}); "
                           f"using {name!r} products instead")
-        self._use(name, {name: t})
-        return out
+        results, self.timings['per_product'] = {name: pieces}, {name: t}
+        for rival in (names[j + 1:] if self.method == 'auto' and self.curvature == 'hessian' and self.P <= LARGE_P else []):
+            try: results[rival], self.timings['per_product'][rival] = self._timed(rival, i, x, y, v)
+            except Exception as e:
+                if not torch_limitation(e): raise
+        self._decide()
+        return results[self._kernel]
 
 @patch
-def _measure(self:Hessian, i, x, y, v, names, strict=False):
-    "Products with `v` (1, P) by each kernel in `names`, each timed twice (setup and cold starts excluded: the faster of the two counts); `linearize` only after `jvp` worked"
-    results, times = {}, {}
-    for name in names:
-        if name == 'linearize' and 'jvp' not in results: continue   # forward mode failed: linearize could crash the process
-        try:
-            results[name], t = self._timed(name, i, x, y, v, False)
-            times[name] = min(t, self._timed(name, i, x, y, v, False)[1])
-        except Exception as e:
-            if strict or not torch_limitation(e): raise
-    return results[min(times, key=times.get)], times
+def _decide(self:Hessian):
+    "Keep the fastest kernel timed (for good: it computes every product of the operator), free the others' setups, record the choice in `meta`"
+    times = self.timings['per_product']
+    self._kernel = min(times, key=times.get)
+    self._setups = {key: val for key, val in self._setups.items() if key[0] == self._kernel}
+    self.meta.update(kernel=self._kernel, **({'probe': dict(times)} if len(times) > 1 else {}))
 
 @patch
-def _maybe_switch(self:Hessian, i, x, y, v):
-    "After `LINEARIZE_AFTER` products with `auto`, time the kernels once more on `v` (1, P), keep the fastest; returns the product"
-    self._switch_checked = True
-    out, times = self._measure(i, x, y, v, [self._kernel, 'jvp', 'linearize'])
-    self._use(min(times, key=times.get), times)
-    return out
+def _budget(self:Hessian) -> int|None:
+    "Bytes one computation may take: `budget`, or `BUDGET_SHARE` of the memory free on the device now (None where that is unknown)"
+    if self.budget is not None: return int(self.budget)
+    free = available_memory(self.device)
+    return None if free is None else int(BUDGET_SHARE * free)
+
+@patch
+def _stack_budget(self:Hessian) -> int:
+    "Bytes a vmapped stack of products (or the per-sample gradients of the empirical Fisher) may take: a quarter of the budget"
+    B = self._budget()
+    return default_budget(self.device) if B is None else B // 4
+
+@patch
+def _kept_batches(self:Hessian) -> int:
+    "How many batches (the first ones) keep their setups: with `cache`, one, and more while their kept graphs (about two parameter-sized buffers each) fit a quarter of the budget; decided once (`meta['kept_batches']`)"
+    if self._kept_limit is None:
+        B, each = self._budget(), 2 * self.P * self.spec.dtype.itemsize
+        self._kept_limit = 0 if not self.cache else self.n_batches if B is None else min(self.n_batches, 1 + B // 4 // each)
+        self.meta['kept_batches'] = self._kept_limit
+    return self._kept_limit
+
+@patch
+def _product_bytes(self:Hessian) -> int:
+    "Memory of the products besides the algorithms' vectors: `PRODUCT_BUFFERS` parameter-sized buffers (the model's snapshot, the kept graph's gradient, the products and their temporaries), plus the kept setups of further batches"
+    each = self.P * self.spec.dtype.itemsize
+    return PRODUCT_BUFFERS * each + 2 * each * max(self._kept_batches() - 1, 0)
 
 @patch
 def _chunk_size(self:Hessian, x) -> int:
-    if self.chunk_size is not None: return self.chunk_size
+    "Vectors per vmapped call: `chunk_size`, or as many as fit the stacks' budget (each estimated from the parameters and one forward pass's activations); decided once"
     if self._chunk is None:
-        per_vec = 4 * (self.P + 2 * _activation_numel(self.fl, x)) * self.spec.dtype.itemsize
-        self._chunk = chunk_count(1 << 20, per_vec, self.budget, self.device)
+        self._per_vec = 4 * (self.P + 2 * _activation_numel(self.fl, x)) * self.spec.dtype.itemsize
+        self._chunk = self.chunk_size or chunk_count(1 << 20, self._per_vec, self._stack_budget(), self.device)
     return self._chunk
 
 @patch
+def _stack_bytes(self:Hessian, stack:int) -> int:
+    "Working memory of vmapped products with stacks of up to `stack` vectors, beyond one product's (0 where stacks are looped)"
+    if stack < 2 or self._batched is False or self.curvature == 'empirical_fisher': return 0
+    c = self._chunk_size(next(iter(self.fl.batches))[0])
+    return (min(c, stack) - 1) * self._per_vec
+
+def _shifted(pieces, a:int): return ((r + a, d) for r, d in pieces)
+
+@patch
 def _stacked(self:Hessian, i, x, y, V):
-    "Products with a stack `V` (k, P), k >= 2: vmapped in chunks or looped, as chosen"
-    fn = self._kernel_fn(self._kernel)
-    if self.curvature == 'empirical_fisher': return fn(i, x, y, V, True)
-    if self.batched is None:   # decide once, by timing a vmapped chunk against the single-vector time
-        c = min(len(V), self._chunk_size(x))
-        try:
-            first, t = self._timed(self._kernel, i, x, y, V[:c], True)
-            self.batched = t / c < self.timings['per_product'][self._kernel]
-        except Exception as e:
-            if not torch_limitation(e): raise
-            first, self.batched = fn(i, x, y, V[:c], False), False
-        self.timings['per_product_vmapped'] = None if not self.batched else t / c
-        return first if c == len(V) else torch.cat([first, self._stacked(i, x, y, V[c:])])
-    if not self.batched: return fn(i, x, y, V, False)
-    c = self._chunk_size(x)
-    return torch.cat([fn(i, x, y, V[a:a + c], True) for a in range(0, len(V), c)])
+    "Pieces of the products with the rows of `V`: a stack vmapped in chunks or looped, decided once, on the first stack, by timing a vmapped chunk against the single-vector time (`meta['batched']`)"
+    kernel = KERNELS[self._kernel]
+    if self.curvature == 'empirical_fisher': return kernel(self, i, x, y, V, True)
+    if len(V) == 1: return kernel(self, i, x, y, V, False)   # a single vector decides nothing
+    c = min(len(V), self._chunk_size(x))
+    if self._batched is None:
+        first = None
+        if c > 1:
+            try: first, t = self._timed(self._kernel, i, x, y, V[:c], True)
+            except Exception as e:
+                if not torch_limitation(e): raise
+        self._batched = first is not None and t / c < self.timings['per_product'][self._kernel]
+        self.meta['batched'] = self._batched
+        if self._batched: self.timings['per_product_vmapped'] = t / c
+        if first is not None: return itertools.chain(first, _shifted(self._stacked(i, x, y, V[c:]), c) if c < len(V) else ())
+    if not self._batched: return kernel(self, i, x, y, V, False)
+    return itertools.chain.from_iterable(_shifted(kernel(self, i, x, y, V[a:a + c], True), a) for a in range(0, len(V), c))
 
 @patch
 def _batch_product(self:Hessian, i, x, y, V):
+    "Pieces `(row, products)` of batch `i`'s curvature times the rows of `V`; the first products ever choose the kernel"
     self._fix_draws(i)
-    if self._kernel is None or (self.method == 'auto' and self.curvature == 'hessian' and self.cache and not self._switch_checked
-                                and self.n_matvecs >= LINEARIZE_AFTER):
-        first = self._first_product(i, x, y, V[:1]) if self._kernel is None else self._maybe_switch(i, x, y, V[:1])
-        return first if len(V) == 1 else torch.cat([first, self._stacked(i, x, y, V[1:])])
-    if len(V) == 1: return self._kernel_fn(self._kernel)(i, x, y, V, False)
-    return self._stacked(i, x, y, V)
+    pieces, r = [], 0
+    if self._kernel is None: pieces, r = self._choose(i, x, y, V[:1]), 1
+    return itertools.chain(pieces, _shifted(self._stacked(i, x, y, V[r:]), r)) if r < len(V) else iter(pieces)
 
 # %% ../nbs/03_hessian.ipynb #d036332a
 @patch
@@ -358,12 +405,26 @@ def _check_vectors(self:Hessian, v) -> tuple[Tensor, bool]:
     return v.to(self.device, self.dtype).reshape(-1, self.P), v.dim() == 1
 
 @patch
-def _matvec(self:Hessian, V:Tensor) -> Tensor:
-    "Product of the full-data curvature with the rows of `V` (k, P) (no checks, no guard); summed over the ranks of a process group"
-    Vm = V.to(self.spec.dtype)   # products in the model's dtype (bf16 models), summed over batches in `self.dtype` (float32 or wider)
+def _matvec(self:Hessian, V:Tensor, # (k, P) vectors
+            out:Tensor|None=None, # (k, P) in `self.dtype` on the model's device, overwritten with the products (None: a new tensor)
+           ) -> Tensor:
+    "Full-data curvature times the rows of `V` (no checks, no guard): each batch's products are added into `out` as they come, weighted by the batch's share of the data's total weight (counted when the operator was built), then summed over the ranks of a process group"
+    out = torch.empty(V.shape, dtype=self.dtype, device=self.device) if out is None else out
+    Vm = V.to(self.device, self.spec.dtype)   # products in the model's dtype (bf16 models), sums in `self.dtype` (float32 or wider)
     with math_attention():
-        out = self.fl.batches.weighted_mean(lambda i, x, y: self._batch_product(i, x, y, Vm).to(self.dtype), with_index=True)
+        for i, (x, y, n) in enumerate(self.fl.batches):   # a batch's products are added in and dropped before the next batch comes
+            wrote = False
+            for r, prods in self._batch_product(i, x, y, Vm):   # every row and parameter, once per batch: the first batch writes, the others add
+                for name, t in prods.items():
+                    a, b = self._offsets[name]
+                    slot = out[r:r + len(t), a:b].view(t.shape)
+                    if i: slot.add_(t, alpha=n / self.n_samples)
+                    else: torch.mul(t, n / self.n_samples, out=slot)
+                wrote = True
+            if not (i or wrote): out.zero_()   # no parameter reaches the loss
+    if self.fl.batches.distributed: torch.distributed.all_reduce(out)
     self.n_matvecs += len(V)
+    if self.on_product is not None: self.on_product(self.n_matvecs)
     return out
 
 @patch
@@ -376,47 +437,78 @@ def matvec(self:Hessian, v:Tensor, # one vector (P,) or a stack (k, P), flat in 
 
 @patch
 def clear_cache(self:Hessian):
-    "Drop the cached per-batch setups (linearized graphs, per-sample gradients)"
+    "Drop the kept per-batch setups (graphs, linearized functions, per-sample gradients)"
     self._setups.clear()
 
 # %% ../nbs/03_hessian.ipynb #abf4cc26
 WHICH = ('LA', 'SA', 'LM')
+DGKS = 1 / math.sqrt(2)   # Gram-Schmidt runs a second pass on the rows whose norm fell below this fraction (Daniel, Gragg, Kaufman & Stewart)
 
 def _order(theta:Tensor, which:str) -> Tensor:
     "Indices of Ritz values `theta` from most to least wanted"
     key = {'LA': -theta, 'SA': theta, 'LM': -theta.abs()}[which]
     return torch.argsort(key)
 
-def _orthogonalize(W:Tensor, V:Tensor) -> tuple[Tensor, Tensor]:
-    "Remove from the rows of `W` (b, P) their components on the orthonormal rows of `V` (Gram-Schmidt twice); returns (W, coefficients (m, b))"
-    h = V @ W.T
-    W = W - h.T @ V
-    h2 = V @ W.T
-    return W - h2.T @ V, h + h2
+DOT_CHUNK = 1 << 16   # entries per partial dot product on the CPU (their sums are accumulated in float64)
 
-def _block_qr(W:Tensor, V:Tensor, g:torch.Generator, tiny:float) -> tuple[Tensor, Tensor, int]:
-    "Orthonormal rows `Q` with `W = R^T Q` (`R` upper triangular) for rows `W` orthogonal to the orthonormal `V`; a row of `W` within `tiny` of the span of the earlier ones is replaced by a random direction orthogonal to all (its entry of `R` zero), or dropped when none is left. Returns (Q, R, rows replaced or dropped)"
+def _dots(A:Tensor, B:Tensor) -> Tensor:
+    "`A @ B.T` (float64) for rows of P entries: on the CPU in chunks of `DOT_CHUNK` columns whose products are summed in float64, where one float32 product over all P entries is off by 0.7% at 30M entries (one thread's BLAS accumulates sequentially); on CUDA in one call (its reductions are trees)"
+    if A.is_cuda or A.shape[1] <= DOT_CHUNK: return (A @ B.T).double()
+    out = torch.zeros(len(A), len(B), dtype=torch.float64, device=A.device)
+    for a in range(0, A.shape[1], DOT_CHUNK): out += A[:, a:a + DOT_CHUNK] @ B[:, a:a + DOT_CHUNK].T
+    return out
+
+def _norms(W:Tensor) -> Tensor:
+    "Norms (float64) of the rows of `W`, accumulated as in `_dots` (`torch.linalg.vector_norm` of 10M float32 entries is off by 4e-4 on the CPU)"
+    return _dots(W, W).diagonal().clamp_min(0).sqrt()
+
+def _orthogonalize_(W:Tensor, V:Tensor, # rows (b, P) to orthogonalise in place, against the orthonormal rows (m, P)
+                    recent:int=0, # the last `recent` rows of `V` first (those expected to carry most of `W`, as the three-term recurrence's)
+                   ) -> Tensor:
+    "Remove from the rows of `W`, in place, their components on the rows of `V`: classical Gram-Schmidt as two matrix products reading `V` once each, a second pass where a row lost more than `DGKS` of its norm in the first (after the `recent` rows' pass, so that the expected large components do not trigger it); returns the coefficients (m, b)"
+    h = W.new_zeros(len(V), len(W), dtype=torch.float64)
+    if not len(V): return h
+    if recent:
+        c = _dots(V[-recent:], W)
+        W.addmm_(c.T.to(W), V[-recent:], alpha=-1); h[-recent:] += c
+    for _ in range(2):
+        before = _norms(W)
+        c = _dots(V, W)
+        W.addmm_(c.T.to(W), V, alpha=-1); h += c
+        if not (_norms(W) < DGKS * before).any(): break
+    return h
+
+def _block_qr_(W:Tensor, V:Tensor, g:torch.Generator, tiny:float) -> tuple[int, Tensor, int]:
+    "Turn the rows of `W` (b, P), orthogonal to the orthonormal `V`, into orthonormal rows `Q` in place, with `W = R^T Q` (`R` upper triangular); a row within `tiny` of the span of the earlier ones is replaced by a random direction orthogonal to all (its entry of `R` zero), or dropped when none is left. Returns (rows of Q, at the top of `W`; R; rows replaced or dropped)"
     b, P = W.shape
-    Q, R, deflated = W.new_zeros(0, P), W.new_zeros(b, b), 0
+    R, q, deflated = W.new_zeros(b, b), 0, 0
     for j in range(b):
-        w, c = _orthogonalize(W[j:j + 1], Q)
-        R[:len(Q), j] = c[:, 0]
-        norm = float(w.norm())
-        if norm > tiny: R[len(Q), j] = norm; Q = torch.cat([Q, w / norm]); continue
+        w = W[q:q + 1]
+        if q < j: w.copy_(W[j:j + 1])
+        R[:q, j] = _orthogonalize_(w, W[:q])[:, 0]
+        norm = float(_norms(w))
+        if norm > tiny: R[q, j] = norm; w.div_(norm); q += 1; continue
         deflated += 1
-        if len(V) + len(Q) >= P: continue   # the whole space is spanned: drop the row
-        r = _orthogonalize(_orthogonalize(torch.randn(1, P, generator=g, device=W.device, dtype=W.dtype), V)[0], Q)[0]
-        Q = torch.cat([Q, r / r.norm()])
-    return Q, R[:len(Q)], deflated
+        if len(V) + q >= P: continue   # the whole space is spanned: drop the row
+        w.copy_(torch.randn(1, P, generator=g, device=g.device, dtype=W.dtype))   # drawn where `g` lives (the basis may be in host memory)
+        _orthogonalize_(w, V); _orthogonalize_(w, W[:q])
+        w.div_(float(_norms(w))); q += 1
+    return q, R[:q], deflated
+
+def _combine_(V:Tensor, C:Tensor, out:Tensor, chunk:int=1 << 16):
+    "`out = C @ V` for `C` (r, m) and rows `V` (m, P), `out` (r, P) possibly the first rows of `V`: column chunk by column chunk, so that no copy of the rows is made (chunks of 64k columns keep each partial product in cache: on 10M columns, 13 rows into 7, 2.2 times faster than chunks of 1M)"
+    for a in range(0, V.shape[1], chunk): out[:, a:a + chunk] = C @ V[:, a:a + chunk]
+    return out
 
 @dataclass
 class _Lanczos:
     "State of a thick-restarted block Lanczos iteration with a dense projected matrix"
-    V: Tensor       # (ncv + block, P) basis rows; the first `m` are in use, the next `b` are the block to multiply
+    V: Tensor       # (ncv + block, P) basis rows; the first `m` are in use, the next `b` are the block to multiply, the `b` after it receive its products
     T: Tensor       # (ncv, ncv) projected matrix V^T H V (float64)
     b: int = 1
     m: int = 0
     n_matvecs: int = 0
+    restarts: int = 0
 
 def _ritz(L:_Lanczos) -> tuple[Tensor, Tensor]:
     "Ritz values and vectors (coefficients in the basis) of the projected matrix"
@@ -431,9 +523,36 @@ def _converged(L:_Lanczos, theta:Tensor, S:Tensor, R:Tensor, b:int, which:str, k
     return idx, res, res <= tol * torch.maximum(theta[idx].abs(), floor)
 
 # %% ../nbs/03_hessian.ipynb #6807e06a
+def default_max_matvecs(k:int) -> int:
+    "Lanczos's product budget for `k` eigenpairs when none is given"
+    return max(300, 30 * k)
+
 def basis_size(k:int, P:int, ncv:int|None=None, block_size:int=1) -> int:
-    "Vectors the Lanczos basis holds before a restart: `ncv`, by default max(2k + 2 block_size - 1, 40), at most P"
-    return min(P, ncv or max(2 * k + 2 * block_size - 1, 40))
+    "Vectors the Lanczos basis holds before a restart: `ncv`, by default max(2k + 2 block_size - 1, 40), or `LARGE_BASIS` instead of 40 above `LARGE_P`; at most P"
+    return min(P, ncv or max(2 * k + 2 * block_size - 1, 40 if P <= LARGE_P else LARGE_BASIS))
+
+def _bytes(n:float) -> str:
+    "`n` bytes in binary units, three significant digits"
+    for unit in ('B', 'KiB', 'MiB'):
+        if abs(n) < 1024: return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} GiB"
+
+def fit_basis(k:int, P:int, itemsize:int, # eigenpairs wanted, vector size and bytes per entry
+              budget:int|None, # bytes for the basis, the block after it and the k results (None: unbounded)
+              ncv:int|None=None, block_size:int=1) -> int:
+    "The Lanczos basis size: `ncv` (or the default `basis_size`), or as many vectors as fit `budget` when fewer, down to k + 2 block_size + 1; a MemoryError names `budget` (and `ncv` when given) when that does not fit"
+    b, want = block_size, basis_size(k, P, ncv, block_size)
+    if budget is None: return want
+    per, fits = P * itemsize, budget // (P * itemsize) - block_size - k
+    if ncv is not None and want > fits:
+        raise MemoryError(f"`ncv`={ncv}: a Lanczos basis of {want} vectors of P={P:,} entries, with the next block and the {k} results, needs "
+                          f"{_bytes((want + b + k) * per)}, more than the `budget` for vectors ({_bytes(budget)}); lower `ncv` (or leave it to the budget) or raise `budget`")
+    least = min(P, k + 2 * b + 1)
+    if fits < least:
+        raise MemoryError(f"Lanczos needs at least {least + b + k} vectors of P={P:,} entries for k={k} (a basis of {least}, the next block and the "
+                          f"results: {_bytes((least + b + k) * per)}), more than the `budget` for vectors ({_bytes(budget)}); raise `budget`")
+    return min(want, fits)
 
 def _start_block(start, b:int, P:int, dtype, device, g:torch.Generator) -> Tensor:
     "The first `b` vectors: random, or the rows of `start` (earlier eigenvectors) folded into `b` unit vectors plus 10% random directions, so that no invariant subspace missing the wanted eigenvectors can hold the start"
@@ -442,22 +561,53 @@ def _start_block(start, b:int, P:int, dtype, device, g:torch.Generator) -> Tenso
     if not isinstance(start, Tensor) or start.dim() not in (1, 2) or start.shape[-1] != P:
         raise ValueError(f"`start` must be a tensor of shape (P,) or (m, P) with P={P}, got {getattr(start, 'shape', type(start).__name__)}")
     S = start.detach().to(device, dtype).reshape(-1, P)
-    if not torch.isfinite(S).all() or (S.norm(dim=1) == 0).any(): raise ValueError("`start` must hold finite, non-zero rows")
-    W = torch.zeros(b, P, dtype=dtype, device=device).index_add_(0, torch.arange(len(S), device=device) % b, S / S.norm(dim=1, keepdim=True))
-    unit = lambda M: M / M.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-    return unit(W) * (W.norm(dim=1, keepdim=True) > 0) + 0.1 * unit(R)
+    if not torch.isfinite(S).all() or (_norms(S) == 0).any(): raise ValueError("`start` must hold finite, non-zero rows")
+    norms = lambda M: _norms(M)[:, None].to(dtype)
+    W = torch.zeros(b, P, dtype=dtype, device=device).index_add_(0, torch.arange(len(S), device=device) % b, S / norms(S))
+    unit = lambda M: M / norms(M).clamp_min(torch.finfo(dtype).tiny)
+    return unit(W) * (norms(W) > 0) + 0.1 * unit(R)
 
-def lanczos(matvec, # maps a stack (k, P) to the curvature times it
+def _dev(device) -> torch.device:
+    "`device` as tensors report it (`cuda` becomes `cuda:0`), so that devices compare equal"
+    return torch.empty(0, device=device).device
+
+def _takes_out(fn) -> bool:
+    "Whether `fn` accepts an `out=` argument (then it writes its products in place)"
+    try: return 'out' in inspect.signature(fn).parameters
+    except (TypeError, ValueError): return False
+
+def _multiplier(matvec, device, store:torch.device):
+    "`multiply(X, out)`: `out = matvec(X)` for rows of the basis on `store`, in place when `matvec` takes `out=` and runs where the basis lives, else through the product device"
+    takes_out = _takes_out(matvec)
+    def multiply(X, out):
+        if out.device != device: out.copy_(matvec(X.to(device, non_blocking=True)))   # basis in (pinned) host memory, products on the device
+        elif takes_out: matvec(X, out=out)
+        else: out.copy_(matvec(X))
+    return multiply
+
+class _Clock:
+    "Seconds spent in the products and in Gram-Schmidt (reported in `info`)"
+    def __init__(self, device): self.device, self.t = device, {'product': 0.0, 'orth': 0.0}
+    @contextmanager
+    def __call__(self, what:str):
+        synchronize(self.device); t0 = time.perf_counter()
+        yield
+        synchronize(self.device); self.t[what] += time.perf_counter() - t0
+
+def lanczos(matvec, # maps a stack (k, P) to the curvature times it; if it takes `out=`, it writes the products there
             P:int, dtype:torch.dtype, device:torch.device|str, # size, dtype and device of the vectors
             k:int=3, # number of eigenpairs
             which:str='LA', # "LA" largest, "SA" smallest, "LM" largest magnitude
             tol:float=1e-4, # relative Ritz residual `||Hx - λx|| <= tol |λ|` for convergence
             max_matvecs:int|None=None, # product budget (None: max(300, 30 k), at most P + a few restarts)
-            ncv:int|None=None, # basis size before a restart (None: max(2k + 2 block_size - 1, 40), at most P)
+            ncv:int|None=None, # basis size before a restart (None: `basis_size`'s default, fewer where `budget` says)
             seed:int|None=0, # seed of the start vector(s)
             verbose:bool=True,
             block_size:int=1, # vectors multiplied per step (one stacked call): finds eigenvalues of multiplicity up to `block_size`
             start:Tensor|None=None, # warm start: vectors `(P,)` or `(m, P)` near the wanted eigenvectors, e.g. those of an earlier measurement
+            budget:int|None=None, # bytes for the basis, the next block and the k results (None: unbounded); a smaller basis restarts more often
+            basis_device:torch.device|str|None=None, # where the basis lives (None: `device`); "cpu" with a CUDA `device`: pinned host memory
+            info:dict|None=None, # filled with the basis size, the restarts and where the basis lived
            ):
     "Top-`k` eigenpairs of a symmetric operator by thick-restarted (block) Lanczos with full reorthogonalisation; returns (values, vectors, residuals, converged, n_matvecs)"
     if which not in WHICH: raise ValueError(f"`which` must be one of {WHICH}, got {which!r}")
@@ -467,39 +617,51 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it
     if max_matvecs is not None and max_matvecs < 1: raise ValueError(f"`max_matvecs` must be positive, got {max_matvecs}")
     if not isinstance(block_size, int) or not 1 <= block_size <= P: raise ValueError(f"`block_size` must be an integer from 1 to P={P}, got {block_size!r}")
     b = block_size
-    ncv = basis_size(k, P, ncv, b)
+    ncv = fit_basis(k, P, torch.finfo(dtype).bits // 8, budget, ncv, b)
     if ncv < k + 2 * b - 1 and ncv < P: raise ValueError(f"`ncv`={ncv} must be at least `k` + 2 `block_size` - 1 = {k + 2 * b - 1}")
-    max_matvecs = max_matvecs or max(300, 30 * k)
+    max_matvecs = max_matvecs or default_max_matvecs(k)
+    device = _dev(device)
+    store = device if basis_device is None else _dev(basis_device)
     g = make_generator(seed, device)
-    L = _Lanczos(torch.zeros(ncv + b, P, dtype=dtype, device=device), torch.zeros(ncv, ncv, dtype=torch.float64), b)
-    L.V[:b] = _block_qr(_start_block(start, b, P, dtype, device, g), L.V[:0], g, 0.0)[0]
+    L = _Lanczos(torch.empty(ncv + b, P, dtype=dtype, device=store, pin_memory=store.type == 'cpu' and device.type == 'cuda'),
+                 torch.zeros(ncv, ncv, dtype=torch.float64), b)
+    L.V[:b] = _start_block(start, b, P, dtype, device, g)
+    _block_qr_(L.V[:b], L.V[:0], g, 0.0)
+    multiply, clock = _multiplier(matvec, device, store), _Clock(store)
+    t0 = time.perf_counter()
     bar = progress(total=max_matvecs, desc='lanczos', verbose=verbose)
     try:
         while True:
             m, bq = L.m, L.b
-            W, h = _orthogonalize(matvec(L.V[m:m + bq]), L.V[:m + bq])
+            W = L.V[m + bq:m + 2 * bq]   # the products land right after the block: orthogonalised, they become the next block
+            with clock('product'): multiply(L.V[m:m + bq], W)
+            with clock('orth'): h = _orthogonalize_(W, L.V[:m + bq], recent=min(m + bq, 2 * bq))   # the block and the one before it first: the three-term recurrence
             L.T[:m + bq, m:m + bq] = h.double().cpu()
             L.T[m:m + bq, :m + bq] = h.T.double().cpu()
             L.m, L.n_matvecs = m + bq, L.n_matvecs + bq
             bar.update(bq)
             theta, S = _ritz(L)
-            Q, R, deflated = _block_qr(W, L.V[:L.m], g, 10 * torch.finfo(dtype).eps * max(float(theta.abs().max()), 1e-300))
+            nq, R, deflated = _block_qr_(W, L.V[:L.m], g, 10 * torch.finfo(dtype).eps * max(float(theta.abs().max()), 1e-300))
             idx, res, conv = _converged(L, theta, S, R, bq, which, k, tol)
             breakdown = deflated == bq   # the Krylov space is invariant: everything found is exact
-            if (L.m >= k and bool(conv.all())) or (breakdown and L.m >= k) or L.m >= P or not len(Q) or L.n_matvecs >= max_matvecs: break
-            if L.m + len(Q) > ncv: _restart(L, theta, S, which, k, len(Q))
-            L.V[L.m:L.m + len(Q)], L.b = Q, len(Q)
+            if (L.m >= k and bool(conv.all())) or (breakdown and L.m >= k) or L.m >= P or not nq or L.n_matvecs >= max_matvecs: break
+            if L.m + nq > ncv: _restart(L, theta, S, which, k, nq)
+            L.b = nq
     finally: bar.close()
-    vecs = (S[:, idx].T.to(dtype=dtype, device=device) @ L.V[:L.m])
-    return theta[idx].to(dtype), vecs / vecs.norm(dim=1, keepdim=True), res.to(dtype), conv, L.n_matvecs
+    vecs = _combine_(L.V[:L.m], S[:, idx].T.to(L.V), torch.empty(len(idx), P, dtype=dtype, device=device))
+    if info is not None: info.update(basis_size=ncv, restarts=L.restarts, basis_device=str(store), vectors=ncv + b + k, seconds=time.perf_counter() - t0,
+                                     product_seconds=clock.t['product'], orth_seconds=clock.t['orth'])
+    return theta[idx].to(dtype), vecs.div_(_norms(vecs)[:, None].to(vecs)), res.to(dtype), conv, L.n_matvecs
 
 def _restart(L:_Lanczos, theta:Tensor, S:Tensor, which:str, k:int, room:int):
-    "Thick restart: keep the most wanted Ritz vectors (and their values) as the new basis start, leaving `room` rows for the next block"
+    "Thick restart, in place: the most wanted Ritz vectors (and their values) become the start of the basis, and the next block (`room` rows) moves up behind them"
     keep = _order(theta, which)[:min(L.m - room, k + (L.m - k) // 2)]
-    L.V[:len(keep)] = S[:, keep].T.to(L.V) @ L.V[:L.m]
+    n = len(keep)
+    _combine_(L.V[:L.m], S[:, keep].T.to(L.V), L.V[:n])
+    L.V[n:n + room] = L.V[L.m:L.m + room]
     L.T.zero_()
-    L.T[range(len(keep)), range(len(keep))] = theta[keep]
-    L.m = len(keep)
+    L.T[range(n), range(n)] = theta[keep]
+    L.m, L.restarts = n, L.restarts + 1
 
 # %% ../nbs/03_hessian.ipynb #fbc444c8
 def _fmt(x) -> str: return f"{float(x):.6g}"
@@ -551,35 +713,72 @@ def eigenvalues(self:Hessian, k:int=3, # number of eigenpairs
                 tol:float=1e-4, # relative Ritz residual for convergence
                 which:str='LA', # "LA" largest, "SA" smallest, "LM" largest magnitude
                 max_matvecs:int|None=None, # product budget (None: max(300, 30 k))
-                ncv:int|None=None, # basis size before a thick restart (None: max(2k + 2 block_size - 1, 40))
+                ncv:int|None=None, # basis size before a thick restart (None: `basis_size`'s default, fewer where the budget says)
                 seed:int|None=0, # seed of the start vector(s)
                 block_size:int=1, # vectors per Lanczos step: finds eigenvalues repeated up to `block_size` times
                 start=None, # warm start: an earlier `EigenResult` (of this model, at nearby weights) or vectors `(P,)`/`(m, P)`
                ) -> EigenResult:
-    "Top-`k` eigenpairs by Lanczos; warns if the budget ran out before every pair converged"
-    self._check_memory(basis_size(k, self.P, ncv, block_size) + 4 * block_size, 'eigenvalues', '`ncv` (the basis size)')
-    with preserved(self.fl.model):
+    "Top-`k` eigenpairs by Lanczos, its basis sized to the budget (thick restarts take over when it is full); warns if the product budget ran out before every pair converged"
+    info = {}
+    budget, store = self._basis_plan(k, ncv, block_size, info)
+    with self._running(info):
         vals, vecs, res, conv, n = lanczos(self._matvec, self.P, self.dtype, self.device, k=k, which=which, tol=tol,
                                            max_matvecs=max_matvecs, ncv=ncv, seed=seed, verbose=self.verbose, block_size=block_size,
-                                           start=start.vectors if isinstance(start, EigenResult) else start)
+                                           start=start.vectors if isinstance(start, EigenResult) else start, budget=budget,
+                                           basis_device=store, info=info)
     if not conv.all():
         warnings.warn(f"Lanczos: only {int(conv.sum())} of {k} eigenpairs converged to `tol`={tol:g} in {n} products "
                       f"(largest residual {float(res.max()):.3g}); raise `max_matvecs` or `ncv`, or loosen `tol`")
-    return self._result(EigenResult(vals, vecs, res, conv, n, which, tol, self.spec))
+    return self._result(EigenResult(vals, vecs, res, conv, n, which, tol, self.spec), info)
 
 @patch
-def _check_memory(self:Hessian, n_vectors:int, what:str, change:str):
-    "Before a long computation: raise a MemoryError naming `change` if `n_vectors` vectors of P entries and the products' copies of the parameters exceed `budget` (or, without one, the free memory)"
-    need = (n_vectors * self.dtype.itemsize + 8 * self.spec.dtype.itemsize) * self.P   # 8: gradient, its graph's leaves, tangents, results, temporaries
-    limit, of = (self.budget, '`budget`') if self.budget is not None else (available_memory(self.device), 'free memory')
-    if limit is not None and need > limit:
-        raise MemoryError(f"`{what}` needs about {need / 2**30:.3g} GiB for {n_vectors} vectors of P={self.P:,} entries ({self.dtype}) and the "
-                          f"products' copies of the parameters, more than the {of} ({limit / 2**30:.3g} GiB); lower {change}")
+def _vector_budget(self:Hessian, what:str, stack:int, info:dict) -> int|None:
+    "Bytes left for the vectors of `what` (products of up to `stack` vectors per call): the budget less the products' buffers and vmapped stacks (recorded in `info`), the least over the ranks of a process group (so that all run the same iteration); None where the free memory is unknown; a MemoryError names `budget` when nothing is left"
+    B = info['budget'] = self._budget()
+    info['memory_products'] = fixed = self._product_bytes() + self._stack_bytes(stack)
+    left = None if B is None else int(B * (1 - MEMORY_MARGIN)) - fixed
+    if self.fl.batches.distributed:
+        t = torch.tensor(_UNBOUNDED if left is None else left, dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        left = None if int(t) == _UNBOUNDED else int(t)
+    if left is not None and left <= 0:
+        raise MemoryError(f"`{what}`: the products on P={self.P:,} parameters ({self.spec.dtype}) take about {_bytes(fixed)}, which leaves nothing for vectors "
+                          f"within the `budget` ({_bytes(B) if B is not None else 'of another rank'}{'' if self.budget is not None else f', {BUDGET_SHARE:.0%} of the free memory'}); raise `budget` or free memory")
+    return left
+
+_UNBOUNDED = 2 ** 62   # stands for "no known budget" in the agreement over ranks
 
 @patch
-def _result(self:Hessian, r):
-    "`r` with `r.meta` recording the product kernel, and `attention='math'` when scaled-dot-product attention was switched to the math kernel"
-    r.meta.update(self.meta, kernel=self._kernel)
+def _basis_plan(self:Hessian, k:int, ncv:int|None, b:int, info:dict) -> tuple[int|None, str|None]:
+    "Bytes for the Lanczos basis and where it lives: on the device; on CUDA, in pinned host memory instead when the basis asked for (or the default) does not fit the device's budget but fits the host's"
+    budget = self._vector_budget('eigenvalues', b, info)
+    need = (basis_size(k, self.P, ncv, b) + b + k) * self.P * self.dtype.itemsize
+    if self.device.type != 'cuda' or budget is None or need <= budget: return budget, None
+    host = available_memory('cpu')
+    return (int(BUDGET_SHARE * host), 'cpu') if host is not None and need <= BUDGET_SHARE * host else (budget, None)
+
+@contextmanager
+def _peak_memory(device:torch.device, info:dict):
+    "Record in `info['memory_peak']` the peak extra memory of the block on CUDA, from the allocator's statistics (None when an earlier peak was higher: they are never reset)"
+    if device.type != 'cuda': yield; return
+    base, before = torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
+    try: yield
+    finally:
+        peak = torch.cuda.max_memory_allocated(device)
+        info['memory_peak'] = peak - base if peak > before else None
+
+@patch
+@contextmanager
+def _running(self:Hessian, info:dict):
+    "The guard around a computation: the model restored on exit and, on CUDA, the peak memory measured into `info`"
+    with preserved(self.fl.model), _peak_memory(self.device, info): yield
+
+@patch
+def _result(self:Hessian, r, info:dict|None=None):
+    "`r` with `r.meta` recording the product kernel, whether stacks were vmapped, the attention kernel (`attention='math'` when scaled-dot-product attention was switched to the math kernel) and how the computation fitted its budget (`info`, with the memory estimate)"
+    info = dict(info or {})
+    if 'vectors' in info: info['memory_estimate'] = info.pop('memory_products') + info['vectors'] * self.P * self.dtype.itemsize
+    r.meta.update(self.meta, kernel=self._kernel, **info)
     return r
 
 # %% ../nbs/03_hessian.ipynb #1aa57d59
@@ -607,33 +806,66 @@ class TraceResult:
         return _curves(torch.arange(1, len(run) + 1), {'estimate': run}, f"trace ({self.method})", 'linear', backend, 'samples', 'trace')
 
 # %% ../nbs/03_hessian.ipynb #22b707f7
-def hutchpp(matvec, P:int, dtype, device, # operator on stacks (k, P), its size, dtype and device
+def _rademacher_(out:Tensor, g:torch.Generator) -> Tensor:
+    "Fill the rows of `out` in place with Rademacher entries drawn from `g`: the numbers `_rademacher` draws, without its integer copies"
+    for row in out.view(-1, out.shape[-1]): row.random_(0, 2, generator=g).mul_(2).sub_(1)
+    return out
+
+def _rowdot(A:Tensor, B:Tensor) -> Tensor:
+    "Dot products (float64) of the rows of `A` and `B` (k, P), accumulated as in `_dots`: no elementwise product or copy of strided rows"
+    return torch.stack([_dots(a[None], b[None])[0, 0] for a, b in zip(A, B)])
+
+def _fits(budget:int|None, P:int, dtype) -> int|None:
+    "How many vectors of `P` entries of `dtype` fit `budget` bytes (None: unbounded)"
+    return None if budget is None else budget // (P * torch.finfo(dtype).bits // 8)
+
+def hutchpp(matvec, P:int, dtype, device, # operator on stacks (k, P) (writing into `out=` if it takes one), its size, dtype and device
             tol:float|None=1e-2, # target relative standard error (None: use the whole budget)
             max_matvecs:int=1000, # product budget
             method:str='hutch++', # "hutch++" or "hutchinson"
-            sketch:int|None=None, # Hutch++ sketch size (None: min(P, 2 * block))
-            block:int=8, # probes per stacked product
-            seed:int|None=0, verbose:bool=True) -> TraceResult:
+            sketch:int|None=None, # Hutch++ sketch size (None: min(P, 2 * block), fewer where `budget` says)
+            block:int=8, # probes per round (the standard error is checked after each)
+            seed:int|None=0, verbose:bool=True,
+            budget:int|None=None, # bytes for the sketch and the probes in flight (None: unbounded); a tight one multiplies fewer probes per call
+            info:dict|None=None, # filled with the sketch size and the probes per product call
+           ) -> TraceResult:
     "Trace of a symmetric operator by Hutch++ (or plain Hutchinson) with Rademacher probes, stopping at a relative standard error"
     if method not in ('hutch++', 'hutchinson'): raise ValueError(f"`method` must be 'hutch++' or 'hutchinson', got {method!r}")
     if block < 2: raise ValueError(f"`block` must be at least 2, got {block}")
     if max_matvecs < 2: raise ValueError(f"`max_matvecs` must be at least 2, got {max_matvecs}")
-    g = make_generator(seed, device)
-    Q, exact, n_mv = None, 0.0, 0
-    if method == 'hutch++':
-        s = min(P, sketch or 2 * block)
+    s, chunk, fits = min(P, sketch or 2 * block) if method == 'hutch++' else 0, block, _fits(budget, P, dtype)
+    if fits is not None:   # the sketch, and per call `chunk` probes and their products
+        least = 3 if s else 2
+        if fits < least: raise MemoryError(f"`trace` ({method}) needs at least {least} vectors of P={P:,} entries ({dtype}), more than the `budget` for vectors ({_bytes(budget)}); raise `budget`")
+        if sketch is not None and s + 2 > fits:
+            raise MemoryError(f"`sketch`={sketch}: a Hutch++ sketch of {s} vectors of P={P:,} entries and two probe vectors exceed the `budget` for vectors ({_bytes(budget)}); lower `sketch` (or leave it to the budget) or raise `budget`")
+        s = min(s, fits - 2)
+        chunk = max(1, min(block, (fits - s) // 2))
+    if info is not None: info.update(sketch=s, chunk=chunk, vectors=s + 2 * chunk)
+    g, multiply = make_generator(seed, device), _multiplier(matvec, _dev(device), _dev(device))
+    Z, Y = torch.empty(chunk, P, dtype=dtype, device=device), torch.empty(chunk, P, dtype=dtype, device=device)   # probes and their products
+    Q, exact, n_mv = torch.empty(s, P, dtype=dtype, device=device), 0.0, 0
+    if s:
         if 2 * s + 2 > max_matvecs: raise ValueError(f"`max_matvecs`={max_matvecs} is too small for a Hutch++ sketch of {s} (needs > {2 * s + 2})")
-        Q = torch.linalg.qr(matvec(_rademacher(s, P, g, dtype, device)).T).Q       # (P, s)
-        exact, n_mv = float((Q.T * matvec(Q.T.contiguous())).sum()), 2 * s
+        for a in range(0, s, chunk): multiply(_rademacher_(Z[:min(chunk, s - a)], g), Q[a:a + chunk])   # H S, row by row into Q
+        _block_qr_(Q, Q[:0], g, 10 * torch.finfo(dtype).eps * float(_norms(Q).max()))   # Q = an orthonormal basis of H S, in place
+        for a in range(0, s, chunk):
+            c = min(chunk, s - a)
+            multiply(Q[a:a + c], Y[:c]); exact += float(_rowdot(Q[a:a + c], Y[:c]).sum())   # tr(Q^T H Q)
+        n_mv = 2 * s
         if s == P: return TraceResult(exact, 0.0, torch.zeros(0, dtype=dtype), n_mv, method, exact)
     samples = []
     bar = progress(total=max_matvecs, desc='trace', verbose=verbose)
     bar.update(n_mv)
     try:
         while n_mv < max_matvecs:
-            Z = _rademacher(min(block, max_matvecs - n_mv), P, g, dtype, device)
-            if Q is not None: Z = Z - (Z @ Q) @ Q.T
-            samples.append((Z * matvec(Z)).sum(1)); n_mv += len(Z); bar.update(len(Z))
+            n = min(block, max_matvecs - n_mv)
+            for a in range(0, n, chunk):
+                z, hz = _rademacher_(Z[:min(chunk, n - a)], g), Y[:min(chunk, n - a)]
+                if s: z.addmm_(_dots(z, Q).to(z), Q, alpha=-1)   # the remainder (I - Q Q^T) z
+                multiply(z, hz)
+                samples.append(_rowdot(z, hz))
+            n_mv += n; bar.update(n)
             s_all = torch.cat(samples)
             value, stderr = exact + float(s_all.mean()), float(s_all.std() / math.sqrt(len(s_all))) if len(s_all) > 1 else float('inf')
             if tol is not None and stderr <= tol * abs(value): break
@@ -654,17 +886,26 @@ def _xtrace_estimates(matvec, W:Tensor, HW:Tensor) -> tuple[Tensor, Tensor]:
     PHPw = HPw - Q @ drop(Q.T @ HPw)                                      # (I - Q_i Q_i^T) H (I - Q_i Q_i^T) w_i
     return QHQ.trace() - (S * (QHQ @ S)).sum(0) + (W.T * PHPw).sum(0), HQ
 
+XTRACE_VECTORS = 10   # P-vectors XTrace holds per probe at its peak: the probes, their products, Q, H Q and the temporaries of the estimates
+
 def xtrace(matvec, P:int, dtype, device, # operator on stacks (k, P), its size, dtype and device
            tol:float|None=1e-2, # target relative error estimate (None: one round with the whole budget)
            max_matvecs:int=1000, # product budget
            block:int=8, # probes in the first round (each later round doubles them)
-           seed:int|None=0, verbose:bool=True) -> TraceResult:
+           seed:int|None=0, verbose:bool=True,
+           budget:int|None=None, # bytes for the probes, their products and the estimates' temporaries (None: unbounded): caps the rounds
+           info:dict|None=None) -> TraceResult:
     "Trace of a symmetric operator by XTrace (exchangeable Hutch++), adding probes until the relative error estimate is below `tol`"
     if block < 2: raise ValueError(f"`block` must be at least 2, got {block}")
     if max_matvecs < 2 * block: raise ValueError(f"`max_matvecs`={max_matvecs} is too small for XTrace with {block} probes (needs >= {2 * block})")
+    fits = _fits(budget, P, dtype)
+    most = P // 2 if fits is None else min(P // 2, fits // XTRACE_VECTORS)
+    m = min(P // 2, max_matvecs // 2 if tol is None else block)
+    if m > most:
+        raise MemoryError(f"XTrace with {m} probes needs {_bytes(XTRACE_VECTORS * m * P * torch.finfo(dtype).bits // 8)}, more than the `budget` for vectors "
+                          f"({_bytes(budget)}); lower `block` (or `max_matvecs` with tol=None), raise `budget`, or use method='hutch++'")
     g = make_generator(seed, device)
     W, HW, n_mv = torch.empty(0, P, dtype=dtype, device=device), torch.empty(0, P, dtype=dtype, device=device), 0
-    m = min(P // 2, max_matvecs // 2 if tol is None else block)
     bar = progress(total=max_matvecs, desc='trace', verbose=verbose)
     try:
         while True:
@@ -673,28 +914,31 @@ def xtrace(matvec, P:int, dtype, device, # operator on stacks (k, P), its size, 
             est, _ = _xtrace_estimates(matvec, W, HW)
             n_mv += len(Wn) + m; bar.update(len(Wn) + m)
             value, stderr = float(est.mean()), float(est.std() / math.sqrt(m))
-            grow = min(2 * m, P // 2)
+            grow = min(2 * m, most)
             if tol is None or stderr <= tol * abs(value) or grow == m or n_mv + 2 * grow - m > max_matvecs: break
             m = grow
     finally: bar.close()
+    if info is not None: info.update(probes=m, vectors=XTRACE_VECTORS * m)
     if tol is not None and not stderr <= tol * abs(value):
-        warnings.warn(f"trace: relative error estimate {stderr / abs(value):.3g} above `tol`={tol:g} after {n_mv} products; raise `max_matvecs`")
+        warnings.warn(f"trace: relative error estimate {stderr / abs(value):.3g} above `tol`={tol:g} after {n_mv} products; raise `max_matvecs`"
+                      + (f" (or `budget`: it holds at most {most} probes)" if most < P // 2 else ""))
     return TraceResult(value, stderr, est, n_mv, 'xtrace')
 
 @patch
 def trace(self:Hessian, tol:float|None=1e-2, # target relative standard error (None: use the whole budget)
           max_matvecs:int=1000, # product budget
           method:str='hutch++', # "hutch++", "hutchinson" or "xtrace"
-          sketch:int|None=None, # Hutch++ sketch size (None: 2 * block)
-          block:int=8, # probes per stacked product
+          sketch:int|None=None, # Hutch++ sketch size (None: 2 * block, fewer where the budget says)
+          block:int=8, # probes per round
           seed:int|None=0) -> TraceResult:
-    "Trace of the curvature by Hutch++ (default), Hutchinson or XTrace, to a relative standard error `tol`"
+    "Trace of the curvature by Hutch++ (default), Hutchinson or XTrace, to a relative standard error `tol`; the sketch and the probes in flight fit the budget"
     if method not in ('hutch++', 'hutchinson', 'xtrace'): raise ValueError(f"`method` must be 'hutch++', 'hutchinson' or 'xtrace', got {method!r}")
-    if method == 'xtrace': self._check_memory(2 * max_matvecs, 'trace', '`max_matvecs` (XTrace keeps every probe and its product)')
-    else: self._check_memory(5 * min(self.P, sketch or 2 * block) * (method == 'hutch++') + 2 * block, 'trace', '`block` (and `sketch`)')
-    with preserved(self.fl.model):
-        if method == 'xtrace': return self._result(xtrace(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, block, seed, self.verbose))
-        return self._result(hutchpp(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, method, sketch, block, seed, self.verbose))
+    info = {}
+    budget = self._vector_budget('trace', block, info)
+    with self._running(info):
+        if method == 'xtrace': r = xtrace(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, block, seed, self.verbose, budget, info)
+        else: r = hutchpp(self._matvec, self.P, self.dtype, self.device, tol, max_matvecs, method, sketch, block, seed, self.verbose, budget, info)
+    return self._result(r, info)
 
 # %% ../nbs/03_hessian.ipynb #d622101c
 @dataclass
@@ -747,43 +991,63 @@ class DensityResult:
         return _curves(t, {'density': d}, title, scale, backend)
 
 # %% ../nbs/03_hessian.ipynb #baa56767
-def slq(matvec, P:int, dtype, device, # operator on stacks, its size, dtype and device
+def slq(matvec, P:int, dtype, device, # operator on stacks (writing into `out=` if it takes one), its size, dtype and device
         n_iter:int=80, # Lanczos steps per run (at most P)
-        n_runs:int=8, # independent runs, advanced together
-        seed:int|None=0, verbose:bool=True) -> DensityResult:
-    "Stochastic Lanczos quadrature with all runs batched into one stacked product per step"
+        n_runs:int=8, # independent runs
+        seed:int|None=0, verbose:bool=True,
+        budget:int|None=None, # bytes for the runs' vectors (None: unbounded): fewer runs advance together, and where one run's basis does not fit, each run reorthogonalises against its latest vectors only
+        info:dict|None=None, # filled with the runs advanced together and the reorthogonalisation window
+       ) -> DensityResult:
+    "Stochastic Lanczos quadrature: the runs advance together (one stacked product per step) as far as the budget allows"
     if n_iter < 1 or n_runs < 1: raise ValueError(f"`n_iter` and `n_runs` must be positive, got {n_iter}, {n_runs}")
-    m, r = min(n_iter, P), n_runs
-    v = _rademacher(r, P, make_generator(seed, device), dtype, device) / math.sqrt(P)
-    V = torch.zeros(r, m, P, dtype=dtype, device=device)
+    m, r, fits = min(n_iter, P), n_runs, _fits(budget, P, dtype)
+    together, window = r, m   # each run keeps its basis (`window` vectors) and its product
+    if fits is not None:
+        if fits < 3: raise MemoryError(f"`density` needs at least 3 vectors of P={P:,} entries ({dtype}), more than the `budget` for vectors ({_bytes(budget)}); raise `budget`")
+        together, window = max(1, min(r, fits // (m + 1))), min(m, fits - 1)
+    if info is not None: info.update(runs_together=together, window=window, vectors=together * (window + 1))
+    g, dev = make_generator(seed, device), _dev(device)
+    multiply = _multiplier(matvec, dev, dev)
+    B, W = torch.empty(together, window, P, dtype=dtype, device=device), torch.empty(together, P, dtype=dtype, device=device)
     alpha, beta = torch.zeros(r, m, dtype=torch.float64), torch.zeros(r, m, dtype=torch.float64)
-    v_prev, b_prev = torch.zeros_like(v), torch.zeros(r, dtype=dtype, device=device)
-    scale = torch.zeros(r, dtype=dtype, device=device)
-    for j in progress(range(m), desc='slq', verbose=verbose):
-        V[:, j] = v
-        w = matvec(v)
-        a = (w * v).sum(1)
-        w = w - a[:, None] * v - b_prev[:, None] * v_prev
-        for _ in range(2):   # full reorthogonalisation of each run against its own basis
-            w = w - torch.bmm(torch.bmm(V[:, :j + 1], w[:, :, None]).transpose(1, 2), V[:, :j + 1])[:, 0]
-        b = w.norm(dim=1)
-        alpha[:, j], beta[:, j] = a.double().cpu(), b.double().cpu()
-        scale = torch.maximum(scale, a.abs() + b)
-        live = b > 10 * torch.finfo(dtype).eps * scale          # breakdown: the run's Krylov space is exhausted
-        v_prev, v, b_prev = v, torch.where(live[:, None], w / b.clamp_min(torch.finfo(dtype).tiny)[:, None], 0), torch.where(live, b, 0)
-        beta[:, j] *= live.double().cpu()
+    bar = progress(total=r * m, desc='slq', verbose=verbose)
+    try:
+        for a in range(0, r, together):
+            c = min(together, r - a)
+            V, w = B[:c], W[:c]
+            _rademacher_(V[:, 0], g).div_(math.sqrt(P))
+            b_prev, scale = torch.zeros(c, dtype=torch.float64, device=device), torch.zeros(c, dtype=torch.float64, device=device)
+            for j in range(m):
+                v, v_prev, held = V[:, j % window], V[:, (j - 1) % window], min(j + 1, window)
+                multiply(v, w)
+                h = _rowdot(w, v)
+                for i in range(c):   # three-term recurrence, then reorthogonalisation of each run against the vectors it holds
+                    w[i].add_(v[i], alpha=-float(h[i]))
+                    if j: w[i].add_(v_prev[i], alpha=-float(b_prev[i]))
+                    _orthogonalize_(w[i:i + 1], V[i, :held])
+                nb = _norms(w)
+                alpha[a:a + c, j], beta[a:a + c, j] = h.double().cpu(), nb.double().cpu()
+                scale = torch.maximum(scale, h.abs() + nb)
+                live = nb > 10 * torch.finfo(dtype).eps * scale          # breakdown: the run's Krylov space is exhausted
+                if j + 1 < m:   # the next vector, in place of the oldest one held
+                    for i, nxt in enumerate(V[:, (j + 1) % window]): nxt.copy_(w[i]).div_(nb[i]) if live[i] else nxt.zero_()
+                b_prev = torch.where(live, nb, 0)
+                beta[a:a + c, j] *= live.double().cpu()
+                bar.update(c)
+    finally: bar.close()
     T = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
     nodes, S = torch.linalg.eigh(T)
     return DensityResult(nodes, S[:, 0, :] ** 2, r * m, P)
 
 @patch
 def density(self:Hessian, n_iter:int=80, # Lanczos steps per run
-            n_runs:int=8, # independent runs (batched together)
+            n_runs:int=8, # independent runs (advanced together as far as the budget allows)
             seed:int|None=0) -> DensityResult:
-    "Spectral density by stochastic Lanczos quadrature"
-    self._check_memory(n_runs * (min(n_iter, self.P) + 5), 'density', '`n_runs` or `n_iter` (SLQ keeps n_runs x n_iter vectors)')
-    with preserved(self.fl.model):
-        return self._result(slq(self._matvec, self.P, self.dtype, self.device, n_iter, n_runs, seed, self.verbose))
+    "Spectral density by stochastic Lanczos quadrature, its runs' vectors within the budget"
+    info = {}
+    budget = self._vector_budget('density', n_runs, info)
+    with self._running(info): r = slq(self._matvec, self.P, self.dtype, self.device, n_iter, n_runs, seed, self.verbose, budget, info)
+    return self._result(r, info)
 
 # %% ../nbs/03_hessian.ipynb #4d10bee5
 @dataclass

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from torch._C._functorch import is_functorch_wrapped_tensor
+from . import plots
 from .core import HALF_DTYPES, upcast
 
 # %% auto #0
@@ -1232,35 +1233,13 @@ class LossCurves:
                     values={k: v.tolist() for k, v in self.values.items()}, derived={k: v.tolist() for k, v in self.derived.items()})
 
     def plot(self, backend:str='plotly', # 'plotly' (interactive) or 'matplotlib' (static)
-             height:int=350):
+             height:int=350, # plotly: pixels; matplotlib: the figure is `height / 80` inches high
+             ax=None, # matplotlib: two axes to draw into (None: a new figure)
+            ):
         "Two panels side by side: the losses and the derived quantity"
-        if backend == 'plotly': return self._plotly(height)
-        if backend == 'matplotlib': return self._matplotlib(height)
-        raise ValueError(f"`backend` must be 'plotly' or 'matplotlib', got {backend!r}")
+        return plots.line_panels(self.x, {self.ylabels[0]: self.values, self.ylabels[1]: self.derived}, xlabel=self.xlabel,
+                                 backend=backend, ax=ax, figsize=(10, height / 80), height=height)
 
-    def _plotly(self, height):
-        from plotly.subplots import make_subplots
-        import plotly.graph_objects as go
-        fig = make_subplots(rows=1, cols=2, subplot_titles=self.ylabels)
-        x = self.x.tolist()
-        for i, (k, v) in enumerate(self.values.items()):
-            color = f"hsl({int(360 * i / max(len(self.values), 1))},65%,45%)"
-            fig.add_trace(go.Scatter(x=x, y=v.tolist(), name=k, legendgroup=k, line=dict(color=color)), 1, 1)
-            fig.add_trace(go.Scatter(x=x, y=self.derived[k].tolist(), name=k, legendgroup=k, showlegend=False, line=dict(color=color)), 1, 2)
-        fig.update_xaxes(title_text=self.xlabel)
-        fig.update_layout(height=height, margin=dict(l=40, r=10, t=40, b=40))
-        return fig
-
-    def _matplotlib(self, height):
-        import matplotlib.pyplot as plt
-        fig, axs = plt.subplots(1, 2, figsize=(10, height / 80))
-        for k, v in self.values.items():
-            axs[0].plot(self.x.numpy(), v.numpy(), label=k)
-            axs[1].plot(self.x.numpy(), self.derived[k].numpy(), label=k)
-        for ax, yl in zip(axs, self.ylabels): ax.set_xlabel(self.xlabel); ax.set_title(yl); ax.grid(alpha=0.3)
-        axs[0].legend(fontsize=8)
-        fig.tight_layout()
-        return fig
 
 # %% ../nbs/01_losses.ipynb #0b3fc9bb
 _EXPLORER_DEFAULT = ('cross_entropy', ('focal_loss', {'gamma': 2.0}), ('poly_loss', {'epsilon': 1.0}))

@@ -421,28 +421,21 @@ class HessianExplorer(Dashboard):
 
     def operator(self, block:str='all', # 'all' or a module name
                  model:nn.Module|None=None, # the model (None: the dashboard's)
+                 **kwargs, # more arguments of `hessian.Hessian` (e.g. `on_product`)
                 ) -> hessian.Hessian:
         "The curvature operator of `block`"
-        return hessian.Hessian(model or self.model, self.loss_fn, self.data, params=self.blocks[block], verbose=False, **self.hessian_kwargs)
+        return hessian.Hessian(model or self.model, self.loss_fn, self.data, params=self.blocks[block], verbose=False, **self.hessian_kwargs, **kwargs)
 
     def _prepare(self): return copy.deepcopy(self.model), self.block.value, self.k.value, self.n_iter.value, self.n_runs.value
 
     def _work(self, job:Job, model, block, k, n_iter, n_runs):
         self._step(job, 0, 1, f'{block}: setting up')
-        H = self.operator(block, model)
-        m = min(n_iter, H.P)
-        budget = max(300, 30 * k)
-        done = [0]
-        def matvec(V, stage, total):
-            self._step(job, done[0], m + budget, f'{block}: {stage} {done[0] if stage == "density" else done[0] - m}/{total} products')
-            out = H.matvec(V)
-            done[0] += 1
-            return out
-        dens = hessian.slq(lambda V: matvec(V, 'density', m), H.P, H.dtype, H.device, n_iter=n_iter, n_runs=n_runs, seed=self.seed, verbose=False)
-        done[0] = m
-        vals, vecs, res, conv, n = hessian.lanczos(lambda V: matvec(V, 'eigenvalues', budget), H.P, H.dtype, H.device, k=min(k, H.P),
-                                                   tol=self.tol, max_matvecs=budget, seed=self.seed, verbose=False)
-        return block, dens, hessian.EigenResult(vals, vecs, res, conv, n, 'LA', self.tol, H.spec)
+        def report(n):   # after each product: the density's runs, then Lanczos up to its product budget
+            stage, done, total = ('density', n, dens) if n <= dens else ('eigenvalues', n - dens, eig)
+            self._step(job, n, dens + eig, f'{block}: {stage} {done}/{total} products')
+        H = self.operator(block, model, on_product=report)
+        dens, eig = n_runs * min(n_iter, H.P), hessian.default_max_matvecs(k)
+        return block, H.density(n_iter=n_iter, n_runs=n_runs, seed=self.seed), H.eigenvalues(k=min(k, H.P), tol=self.tol, seed=self.seed)
 
     def _done(self, result):
         block, dens, eig = result

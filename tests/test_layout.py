@@ -81,3 +81,12 @@ def test_imports_run_downwards():
 
 def test_readme_links_contributing():
     assert "CONTRIBUTING.md" in (ROOT / "README.md").read_text()
+
+
+def test_benchmark_scripts_shadow_no_installed_module():
+    "A script run as `python benchmarks/x.py` puts benchmarks/ first on sys.path: a file named like an installed package (`kernels`, which transformers probes for; `calibration`) would be imported in its place"
+    import importlib.util, subprocess, sys
+    stems = [p.stem for p in sorted((ROOT / "benchmarks").glob("*.py"))]
+    code = "import importlib.util, sys; print([s for s in sys.argv[1:] if importlib.util.find_spec(s) is not None])"
+    found = subprocess.run([sys.executable, "-c", code, *stems], capture_output=True, text=True, cwd="/", check=True).stdout.strip()
+    assert found == "[]", f"benchmark scripts named like installed modules: {found}"

@@ -125,5 +125,11 @@ def test_memory_estimate_before_a_long_call():
     model, batch = mlp(), data()
     H = lv.hessian.Hessian(model, F.cross_entropy, batch, budget=1 << 20, verbose=False)   # P = 1,891 float32: 7.6 KB a vector
     with pytest.raises(MemoryError, match="lower `ncv`"): H.eigenvalues(k=1, ncv=200)
-    with pytest.raises(MemoryError, match="lower `n_runs` or `n_iter`"): H.density(n_iter=80, n_runs=8)
+    tight, free = H.density(n_iter=80, n_runs=8), lv.hessian.Hessian(model, F.cross_entropy, batch, verbose=False).density(n_iter=80, n_runs=8)
+    assert tight.meta['runs_together'] == 1 < free.meta['runs_together'] == 8 and tight.meta['memory_estimate'] <= 1 << 20, tight.meta
+    # one run at a time, each with its whole basis: the same Rademacher probes and the same recurrences, so the same quadrature up to
+    # float32 rounding of the products (the nodes lie in [-1, 1] here; 1e-5 is about 100 float32 epsilons)
+    torch.testing.assert_close(tight.nodes, free.nodes, rtol=0, atol=1e-5)
+    with pytest.raises(MemoryError, match="raise `budget`"):
+        lv.hessian.Hessian(model, F.cross_entropy, batch, budget=80_000, verbose=False).density()   # not even 3 vectors
     assert H.eigenvalues(k=1).converged.all()   # the default basis of 40 vectors fits

@@ -1,7 +1,7 @@
 """Benchmark lossviz.calibration against torchmetrics on CPU: top-label ECE, classwise ECE, and bootstrap confidence intervals.
 
-    python benchmarks/calibration.py                       # default: N=100,000 x K=100 (under a minute of CPU)
-    python benchmarks/calibration.py --n 1000000 --k 100   # the issue's size
+    python benchmarks/calibration_metrics.py                       # default: N=100,000 x K=100 (under a minute of CPU)
+    python benchmarks/calibration_metrics.py --n 1000000 --k 100   # the issue's size
 
 Times are the minimum over `--repeats` runs, interleaved, in one process; ratios are what to read. By default torch runs
 on one thread (`--threads 1`) for both libraries: on a shared, oversubscribed machine OpenMP's thread barriers make every

@@ -8,9 +8,9 @@ catalogue's lossviz.losses.info_nce_loss ('dense', materialised) or its tiled tw
 ('tiled'). The parent checks that all variants give the same loss and gradients and prints time and memory ratios
 against the materialised reference.
 
-    python benchmarks/kernels.py                                  # N=8192, d=1024, V=32768 (minutes on a CPU)
-    python benchmarks/kernels.py --n 2048 --v 16384 --d 512       # a smaller run
-    python benchmarks/kernels.py --skip-lce --nce-n 32768 --nce-d 512 --nce-variants tiled   # InfoNCE at 32k
+    python benchmarks/fused_losses.py                                  # N=8192, d=1024, V=32768 (minutes on a CPU)
+    python benchmarks/fused_losses.py --n 2048 --v 16384 --d 512       # a smaller run
+    python benchmarks/fused_losses.py --skip-lce --nce-n 32768 --nce-d 512 --nce-variants tiled   # InfoNCE at 32k
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 from memory import maxrss, reset_peak_rss       # benchmarks/memory.py, beside this file

@@ -414,8 +414,9 @@ def gpt2_main(args):
             m = r['meta']
             if 'ratio' in r: print(f"{'':<40}  (in parentheses: run / its products {m['seconds'] / m['product_seconds']:.2f} (Gram-Schmidt "
                                    f"{m['orth_seconds'] / m['product_seconds']:.2f}) x lossviz's product / bare {r['matvec_ratio']:.2f}, timed alternately)")
+            peak = f"{m['memory_peak'] / GIB:.2f} GiB" if m.get('memory_peak') else 'n/a'
             print(f"{'':<40}  kernel {m['kernel']}, budget {m['budget'] / GIB if m['budget'] else float('nan'):.2f} GiB, estimate "
-                  f"{m.get('memory_estimate', 0) / GIB:.2f} GiB, " + ', '.join(f"{k} {m[k]}" for k in ('basis_size', 'restarts', 'sketch', 'chunk', 'runs_together', 'window') if k in m))
+                  f"{m.get('memory_estimate', 0) / GIB:.2f} GiB, meta peak {peak}, " + ', '.join(f"{k} {m[k]}" for k in ('basis_size', 'restarts', 'sketch', 'chunk', 'runs_together', 'window') if k in m))
 
 
 if __name__ == '__main__':

@@ -24,7 +24,7 @@ __all__ = ['WEIGHTINGS', 'HALF_DTYPES', 'dist_info', 'shard', 'gather_blocks', '
            'eval_semantics', 'check_loss_fn', 'model_loss', 'compute_loss', 'accumulation_dtype', 'upcast',
            'upcast_outputs', 'output_logits', 'split_outputs', 'FunctionalLoss', 'check_scalar_loss', 'accuracy',
            'next_token_accuracy', 'resolve_metrics', 'calls_attention', 'math_attention', 'torch_limitation',
-           'default_budget', 'available_memory', 'chunk_count']
+           'default_budget', 'available_memory', 'resident_memory', 'chunk_count']
 
 # %% ../nbs/00_core.ipynb #61bf1d69
 def dist_info() -> tuple[int, int]:
@@ -633,6 +633,14 @@ def available_memory(device:torch.device|str='cpu') -> int|None:
     try:
         with open('/proc/meminfo') as f: return next(int(l.split()[1]) * 1024 for l in f if l.startswith('MemAvailable:'))
     except (OSError, StopIteration, ValueError): return None
+
+def resident_memory() -> tuple[int, int]|None:
+    "This process's resident memory now and its peak so far, in bytes (Linux's `/proc/self/statm` and `ru_maxrss`; None elsewhere): the peak is never reset, so a computation's own peak shows only where it exceeds every earlier one"
+    try:
+        import resource
+        with open('/proc/self/statm') as f: now = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+        return now, max(now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)   # Linux reports KiB; its counters lag the page table's by up to a few hundred kB
+    except (ImportError, OSError, ValueError, IndexError): return None
 
 def chunk_count(n_items:int, # how many items must be processed
                 bytes_per_item:int, # estimated memory one item needs

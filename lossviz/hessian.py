@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_map, tree_leaves
 from fastcore.basics import patch
 from .core import (FunctionalLoss, ParamSpec, select_params, preserved, progress, make_generator, batch_size, chunk_count,
                           default_budget, call_model, synchronize, check_scalar_loss, split_outputs, calls_attention,
-                          math_attention, torch_limitation, has_random_layers, available_memory, accumulation_dtype, all_reduce_sum)
+                          math_attention, torch_limitation, has_random_layers, available_memory, resident_memory, accumulation_dtype, all_reduce_sum)
 from . import plots
 
 # %% auto #0
@@ -759,13 +759,13 @@ def _basis_plan(self:Hessian, k:int, ncv:int|None, b:int, info:dict) -> tuple[in
 
 @contextmanager
 def _peak_memory(device:torch.device, info:dict):
-    "Record in `info['memory_peak']` the peak extra memory of the block on CUDA, from the allocator's statistics (None when an earlier peak was higher: they are never reset)"
-    if device.type != 'cuda': yield; return
-    base, before = torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
+    "Record in `info['memory_peak']` the peak extra memory of the block: on CUDA from the allocator's statistics, on the CPU from the process's resident memory (`core.resident_memory`, Linux); None when an earlier peak of the process was higher (neither is ever reset) or where it cannot be read"
+    usage = (lambda: (torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device))) if device.type == 'cuda' else resident_memory
+    start = usage()
     try: yield
     finally:
-        peak = torch.cuda.max_memory_allocated(device)
-        info['memory_peak'] = peak - base if peak > before else None
+        end = usage()
+        info['memory_peak'] = end[1] - start[0] if start is not None and end is not None and end[1] > start[1] else None
 
 @patch
 @contextmanager

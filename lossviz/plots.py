@@ -187,7 +187,8 @@ def _panels_plotly(data, pts, color, title, xlabel, ylabel, xscale, yscale, mode
     if rows: fig.update_xaxes(title_text=xlabel, row=n, col=1)
     else: fig.update_xaxes(title_text=xlabel)
     fig.update_layout(title=title)
-    return fig if legend else fig.update_layout(showlegend=False)
+    many = len({n for c in data.values() for n in c} | set(pts)) > 1   # one curve needs no legend (as in matplotlib)
+    return fig if legend and many else fig.update_layout(showlegend=False)
 
 def _panels_mpl(fig, axes, data, pts, color, title, xlabel, ylabel, xscale, yscale, mode, dashed, legend, rows):
     ls, marker = _MODES[mode]

@@ -22,7 +22,9 @@ bare HVP of the same kernel timed in the same process just after its run (the ke
 `jvp` of the gradient), the median of 3; for lossviz's eigenvalues also, in parentheses, a figure robust to the machine's load:
 the run's time over its products' (same window) times lossviz's product over the bare one (timed alternately). "seconds" is
 wall-clock. Values are compared with ARPACK (scipy's eigsh on lossviz's products, tol 1e-6) where ARPACK's float64 basis (20
-vectors) fits; PyHessian's top eigenvalues are the largest in magnitude, so they are compared with ARPACK's which="LM".
+vectors) fits; PyHessian's top eigenvalues are the largest in magnitude, so they are compared with ARPACK's which="LM". lossviz's
+eigenpairs are also checked without any reference solver, at every size: the float64 Rayleigh quotient of each vector against its
+value, and the relative residual ||Hx - qx|| / |q|, which bounds the relative distance from q to an eigenvalue of H.
 
     python benchmarks/hessian.py --model gpt2-30m --threads 1            # eigenvalues, trace, density; lossviz, PyHessian, ARPACK
     python benchmarks/hessian.py --model gpt2-124m --tools lossviz --parts eig
@@ -303,6 +305,24 @@ def matvec_ratio(H, model, batch, reps=3):
     return statistics.median(ours) / statistics.median(bare)
 
 
+def dot64(a, b, chunk=1 << 20) -> float:
+    "a . b accumulated in float64, chunk by chunk (no float64 copy of a whole vector)"
+    return sum(float(a[i:i + chunk].double() @ b[i:i + chunk].double()) for i in range(0, len(a), chunk))
+
+
+def rayleigh_check(H, r) -> dict:
+    "A check of the eigenpairs that needs no reference solver (where ARPACK does not fit): one more product per vector, then in float64 the "
+    "Rayleigh quotient x.Hx / x.x against the value reported, and the residual ||Hx - q x|| / |q|, which bounds the distance from q to an "
+    "eigenvalue (relative)"
+    HX = H.matvec(r.vectors)
+    rq, res = [], []
+    for x, hx, v in zip(r.vectors, HX, r.values.tolist()):
+        q = dot64(x, hx) / dot64(x, x)
+        d = hx - q * x
+        rq.append(abs(q - v) / abs(q)); res.append(dot64(d, d) ** 0.5 / abs(q))
+    return dict(rayleigh=max(rq), residual=max(res))
+
+
 class Logits(nn.Module):
     "The language model as PyHessian wants it: inputs -> logits of the next tokens, flat (the model's own loss is their cross-entropy)"
     def __init__(self, lm): super().__init__(); self.lm = lm
@@ -359,6 +379,7 @@ def worker(args):
     if tool == 'lossviz' and part == 'eig':   # robust to load: the run's time over its products' (same window) x lossviz's product over the bare one (alternated)
         out['matvec_ratio'] = matvec_ratio(H, model, batch)
         out['ratio'] = out['meta']['seconds'] / out['meta']['product_seconds'] * out['matvec_ratio']
+        out['check'] = rayleigh_check(H, r)
     return out
 
 
@@ -412,6 +433,8 @@ def gpt2_main(args):
         print(f"{name:<40}" + ''.join(f"{c:>12}" for c in cols) + f"  {vals:<36}{err:>24}")
         if job.startswith('lossviz'):
             m = r['meta']
+            if 'check' in r: print(f"{'':<40}  check without a reference solver (float64, one more product per vector): |Rayleigh quotient - value| / value "
+                                   f"{r['check']['rayleigh']:.1e}, residual ||Hx - qx|| / q {r['check']['residual']:.1e} (bounds the distance to an eigenvalue)")
             if 'ratio' in r: print(f"{'':<40}  (in parentheses: run / its products {m['seconds'] / m['product_seconds']:.2f} (Gram-Schmidt "
                                    f"{m['orth_seconds'] / m['product_seconds']:.2f}) x lossviz's product / bare {r['matvec_ratio']:.2f}, timed alternately)")
             peak = f"{m['memory_peak'] / GIB:.2f} GiB" if m.get('memory_peak') else 'n/a'

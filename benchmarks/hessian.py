@@ -16,7 +16,7 @@ Curvature at the size people train (--model gpt2-10m | gpt2-30m | gpt2-124m): a 
 (vocabulary 50257, 64 positions, eager attention; gpt2-10m: 6 layers of width 160, 9.9M parameters; gpt2-30m: 6 layers of
 width 384, 30.0M; gpt2-124m: GPT-2 small, 12 layers of width 768, 124M), one batch of 2 x 16 random tokens, the model's own loss.
 Each tool runs in a fresh subprocess: the model and its gradients are built first (as in training), the peak RSS then is the
-baseline, and "extra GiB" is the peak RSS during the tool's run above it (ru_maxrss). Per product, each tool's CPU time (the
+baseline, and "extra GiB" is the peak RSS during the tool's run above it (Linux `VmHWM`). Per product, each tool's CPU time (the
 process's: other processes sharing the machine count less; use --threads 1 for steadier figures) is set against that of one
 bare HVP of the same kernel timed in the same process just after its run (the kept graph's backward: PyHessian's product; or
 `jvp` of the gradient), the median of 3; for lossviz's eigenvalues also, in parentheses, a figure robust to the machine's load:
@@ -29,13 +29,13 @@ value, and the relative residual ||Hx - qx|| / |q|, which bounds the relative di
     python benchmarks/hessian.py --model gpt2-30m --threads 1            # eigenvalues, trace, density; lossviz, PyHessian, ARPACK
     python benchmarks/hessian.py --model gpt2-124m --tools lossviz --parts eig
 """
-import argparse, copy, json, resource, statistics, subprocess, sys, time, warnings
+import argparse, copy, json, statistics, subprocess, sys, time, warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossviz.core import available_memory
+from lossviz.core import available_memory, resident_memory
 from lossviz.hessian import Hessian
 from landscape import train   # benchmarks/landscape.py: a few full-batch Adam steps, then eval mode
 
@@ -264,7 +264,7 @@ def gpt2(name):
     return model, {'input_ids': ids, 'labels': ids}
 
 
-def maxrss() -> int: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
+def maxrss() -> int: return resident_memory()[1]   # VmHWM: the worker's own peak (ru_maxrss would include the parent's, inherited across exec)
 
 
 def clocked(fn):

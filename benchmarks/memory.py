@@ -23,14 +23,16 @@ import argparse, json, resource, subprocess, sys
 VARIANTS = {'lce': ('dense', 'fused'), 'nce': ('dense', 'tiled')}
 
 def reset_peak_rss():
-    "Reset the peak-RSS high-water mark to the current RSS (Linux), so ru_maxrss measures from here on"
+    "Reset the peak-RSS high-water mark to the current RSS (Linux), so `maxrss` measures from here on"
     try:
         with open('/proc/self/clear_refs', 'w') as f: f.write('5')
-    except OSError: pass          # elsewhere ru_maxrss keeps earlier transients: extra memory may then read low
+    except OSError: pass          # elsewhere the peak keeps earlier transients: extra memory may then read low
 
 def maxrss() -> int:
-    "Peak resident set size of this process, in bytes"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    "Peak resident set size of this process's own image, in bytes: Linux's VmHWM, which `reset_peak_rss` resets (ru_maxrss, the fallback elsewhere, also holds the peak of the parent it was started from, inherited across exec)"
+    from lossviz.core import resident_memory
+    rm = resident_memory()
+    return rm[1] if rm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 def _case(kind, variant, d):
     "(inputs of a size, forward + backward on them, gradient bytes of a size) for one kind and variant"

@@ -635,12 +635,11 @@ def available_memory(device:torch.device|str='cpu') -> int|None:
     except (OSError, StopIteration, ValueError): return None
 
 def resident_memory() -> tuple[int, int]|None:
-    "This process's resident memory now and its peak so far, in bytes (Linux's `/proc/self/statm` and `ru_maxrss`; None elsewhere): the peak is never reset, so a computation's own peak shows only where it exceeds every earlier one"
+    "This process's resident memory now and its peak so far, in bytes (Linux's `VmRSS` and `VmHWM`; None elsewhere). The peak is that of the process's own image (unlike `ru_maxrss`, which a process started by a larger one inherits across `exec`) and is never reset, so a computation's own peak shows only where it exceeds every earlier one"
     try:
-        import resource
-        with open('/proc/self/statm') as f: now = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-        return now, max(now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)   # Linux reports KiB; its counters lag the page table's by up to a few hundred kB
-    except (ImportError, OSError, ValueError, IndexError): return None
+        with open('/proc/self/status') as f: kib = {l.split(':')[0]: int(l.split()[1]) for l in f if l.startswith(('VmRSS:', 'VmHWM:'))}
+        return kib['VmRSS'] * 1024, max(kib['VmRSS'], kib['VmHWM']) * 1024
+    except (OSError, KeyError, ValueError, IndexError): return None
 
 def chunk_count(n_items:int, # how many items must be processed
                 bytes_per_item:int, # estimated memory one item needs

@@ -37,6 +37,7 @@ def _run_rank(rank, fn, args, world, port, backend, timeout, tmp):
     try:
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
         res = fn(*args)
+        dist.barrier()   # no rank tears the group down while another still talks to it (gloo then aborts: 'terminate called without an active exception', 1 run in 10)
         if rank == 0: torch.save(res, Path(tmp)/'result.pt')
     except BaseException:
         (Path(tmp)/f'error-{rank}.pkl').write_bytes(pickle.dumps((time.time(), rank, traceback.format_exc())))

@@ -5,17 +5,18 @@ import torch.nn.functional as F
 from lossviz.geometry import uniformity, neural_collapse, ClassStats
 
 _PEAK = textwrap.dedent("""
-    import json, resource, sys, torch
+    import json, sys, torch
+    from lossviz.core import resident_memory   # VmHWM in bytes: this process's own peak (ru_maxrss would start at the pytest worker's)
     torch.set_num_threads(2)
     mode, n, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     x = torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(0)), dim=1).requires_grad_()
     from lossviz.geometry import uniformity
     f = (lambda z: uniformity(z)) if mode == 'tiled' else (lambda z: torch.pdist(z).pow(2).mul(-2).exp().mean().log())
     f(x[:64].detach().clone().requires_grad_()).backward()   # warm-up: one-time BLAS and autograd-engine allocations
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = resident_memory()[1] / 1024
     u = f(x)
     u.backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resident_memory()[1] / 1024
     print(json.dumps(dict(value=u.item(), extra_mib=(peak - base) / 1024)))
 """)
 

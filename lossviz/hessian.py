@@ -471,11 +471,12 @@ def _orthogonalize_(W:Tensor, V:Tensor, # rows (b, P) to orthogonalise in place,
     if recent:
         c = _dots(V[-recent:], W)
         W.addmm_(c.T.to(W), V[-recent:], alpha=-1); h[-recent:] += c
+    norm = _norms(W)
     for _ in range(2):
-        before = _norms(W)
         c = _dots(V, W)
         W.addmm_(c.T.to(W), V, alpha=-1); h += c
-        if not (_norms(W) < DGKS * before).any(): break
+        before, norm = norm, _norms(W)   # the norm after one pass is the norm before the next
+        if not (norm < DGKS * before).any(): break
     return h
 
 def _block_qr_(W:Tensor, V:Tensor, g:torch.Generator, tiny:float) -> tuple[int, Tensor, int]:
@@ -636,8 +637,8 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it; if it takes
             W = L.V[m + bq:m + 2 * bq]   # the products land right after the block: orthogonalised, they become the next block
             with clock('product'): multiply(L.V[m:m + bq], W)
             with clock('orth'): h = _orthogonalize_(W, L.V[:m + bq], recent=min(m + bq, 2 * bq))   # the block and the one before it first: the three-term recurrence
-            L.T[:m + bq, m:m + bq] = h.double().cpu()
-            L.T[m:m + bq, :m + bq] = h.T.double().cpu()
+            L.T[:m + bq, m:m + bq] = h.cpu()   # float64, as `_dots` returns them
+            L.T[m:m + bq, :m + bq] = h.T.cpu()
             L.m, L.n_matvecs = m + bq, L.n_matvecs + bq
             bar.update(bq)
             theta, S = _ritz(L)
@@ -770,7 +771,7 @@ def _peak_memory(device:torch.device, info:dict):
 @patch
 @contextmanager
 def _running(self:Hessian, info:dict):
-    "The guard around a computation: the model restored on exit and, on CUDA, the peak memory measured into `info`"
+    "The guard around a computation: the model restored on exit and the peak memory measured into `info`"
     with preserved(self.fl.model), _peak_memory(self.device, info): yield
 
 @patch
@@ -812,8 +813,8 @@ def _rademacher_(out:Tensor, g:torch.Generator) -> Tensor:
     return out
 
 def _rowdot(A:Tensor, B:Tensor) -> Tensor:
-    "Dot products (float64) of the rows of `A` and `B` (k, P), accumulated as in `_dots`: no elementwise product or copy of strided rows"
-    return torch.stack([_dots(a[None], b[None])[0, 0] for a, b in zip(A, B)])
+    "Dot products (float64) of the rows of `A` and `B` (k, P), accumulated as in `_dots` (each row read once: no elementwise product or copy of strided rows)"
+    return _dots(A, B).diagonal()
 
 def _fits(budget:int|None, P:int, dtype) -> int|None:
     "How many vectors of `P` entries of `dtype` fit `budget` bytes (None: unbounded)"
@@ -1026,7 +1027,7 @@ def slq(matvec, P:int, dtype, device, # operator on stacks (writing into `out=` 
                     if j: w[i].add_(v_prev[i], alpha=-float(b_prev[i]))
                     _orthogonalize_(w[i:i + 1], V[i, :held])
                 nb = _norms(w)
-                alpha[a:a + c, j], beta[a:a + c, j] = h.double().cpu(), nb.double().cpu()
+                alpha[a:a + c, j], beta[a:a + c, j] = h.cpu(), nb.cpu()
                 scale = torch.maximum(scale, h.abs() + nb)
                 live = nb > 10 * torch.finfo(dtype).eps * scale          # breakdown: the run's Krylov space is exhausted
                 if j + 1 < m:   # the next vector, in place of the oldest one held

@@ -1240,7 +1240,6 @@ class LossCurves:
         return plots.line_panels(self.x, {self.ylabels[0]: self.values, self.ylabels[1]: self.derived}, xlabel=self.xlabel,
                                  backend=backend, ax=ax, figsize=(10, height / 80), height=height)
 
-
 # %% ../nbs/01_losses.ipynb #0b3fc9bb
 _EXPLORER_DEFAULT = ('cross_entropy', ('focal_loss', {'gamma': 2.0}), ('poly_loss', {'epsilon': 1.0}))
 

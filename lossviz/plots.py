@@ -145,7 +145,7 @@ def line_panels(x, # abscissa shared by every curve, or `{name: x}` per curve
     if any(len(p) != 2 for p in pts.values()): raise ValueError("`points` must map names to (x, y) pairs")
     names = list(dict.fromkeys([n for c in data.values() for n in c] + list(pts)))
     color = dict(zip(names, _colors(len(names), backend)))
-    style = dict(title=title, xlabel=xlabel, ylabel=ylabel, xscale=xscale, yscale=yscale, mode=mode, dashed=set(dashed), legend=legend, rows=rows)
+    style = dict(title=title, xlabel=xlabel, ylabel=ylabel, xscale=xscale, yscale=yscale, mode=mode, dashed=set(dashed), legend=legend and len(names) > 1, rows=rows)   # one curve needs no legend
     if backend == 'plotly':
         if height is None and rows: height = 220 * len(data)
         return _plotly_size(_panels_plotly(data, pts, color, **style), height)
@@ -187,12 +187,11 @@ def _panels_plotly(data, pts, color, title, xlabel, ylabel, xscale, yscale, mode
     if rows: fig.update_xaxes(title_text=xlabel, row=n, col=1)
     else: fig.update_xaxes(title_text=xlabel)
     fig.update_layout(title=title)
-    many = len({n for c in data.values() for n in c} | set(pts)) > 1   # one curve needs no legend (as in matplotlib)
-    return fig if legend and many else fig.update_layout(showlegend=False)
+    return fig if legend else fig.update_layout(showlegend=False)
 
 def _panels_mpl(fig, axes, data, pts, color, title, xlabel, ylabel, xscale, yscale, mode, dashed, legend, rows):
     ls, marker = _MODES[mode]
-    shown, many = set(), len({n for c in data.values() for n in c} | set(pts)) > 1
+    shown = set()
     for i, (ax, (t, curves)) in enumerate(zip(axes, data.items())):
         for name, (xa, ya) in curves.items():
             ax.plot(xa, ya, linestyle='--' if name in dashed and ls != 'none' else ls, marker=marker, color=color[name], label=name)
@@ -203,7 +202,7 @@ def _panels_mpl(fig, axes, data, pts, color, title, xlabel, ylabel, xscale, ysca
         if ylabel is not None: ax.set_ylabel(ylabel)
         if xlabel is not None and (not rows or i == len(axes) - 1): ax.set_xlabel(xlabel)
         new = set(curves) - shown
-        if legend and many and new: ax.legend(fontsize=8)
+        if legend and new: ax.legend(fontsize=8)
         shown |= set(curves)
     if title is not None: (axes[0].set_title if len(axes) == 1 else fig.suptitle)(title)
 

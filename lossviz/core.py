@@ -18,13 +18,13 @@ from torch.utils._pytree import tree_map, tree_leaves
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'HALF_DTYPES', 'dist_info', 'shard', 'gather_blocks', 'progress', 'make_generator', 'preserved',
-           'unwrap', 'canonical_names', 'select_params', 'detached_params', 'ParamSpec', 'to_device', 'call_model',
-           'batch_size', 'is_batch', 'Batches', 'all_reduce_sum', 'model_device', 'synchronize', 'has_random_layers',
-           'eval_semantics', 'check_loss_fn', 'model_loss', 'compute_loss', 'accumulation_dtype', 'upcast',
-           'upcast_outputs', 'output_logits', 'split_outputs', 'FunctionalLoss', 'check_scalar_loss', 'accuracy',
-           'next_token_accuracy', 'resolve_metrics', 'calls_attention', 'math_attention', 'torch_limitation',
-           'default_budget', 'available_memory', 'resident_memory', 'chunk_count']
+__all__ = ['WEIGHTINGS', 'HALF_DTYPES', 'REUSE_MEMORY', 'dist_info', 'shard', 'gather_blocks', 'progress', 'make_generator',
+           'preserved', 'unwrap', 'canonical_names', 'select_params', 'detached_params', 'ParamSpec', 'to_device',
+           'call_model', 'batch_size', 'is_batch', 'Batches', 'all_reduce_sum', 'model_device', 'synchronize',
+           'has_random_layers', 'eval_semantics', 'check_loss_fn', 'model_loss', 'compute_loss', 'accumulation_dtype',
+           'upcast', 'upcast_outputs', 'output_logits', 'split_outputs', 'FunctionalLoss', 'check_scalar_loss',
+           'accuracy', 'next_token_accuracy', 'resolve_metrics', 'calls_attention', 'math_attention',
+           'torch_limitation', 'default_budget', 'available_memory', 'resident_memory', 'chunk_count', 'reusing_memory']
 
 # %% ../nbs/00_core.ipynb #61bf1d69
 def dist_info() -> tuple[int, int]:
@@ -649,3 +649,34 @@ def chunk_count(n_items:int, # how many items must be processed
     budget = default_budget(device) if budget is None else budget
     if budget <= 0: raise ValueError(f"`budget` must be positive, got {budget}")
     return max(1, min(n_items, budget // max(1, bytes_per_item)))
+
+# %% ../nbs/00_core.ipynb #reuse0ex
+import ctypes, platform, threading
+
+REUSE_MEMORY = True   # let `reusing_memory` keep freed CPU buffers in malloc's heap (Linux, glibc); False leaves malloc alone
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # mallopt's parameters (glibc's malloc.h)
+_MALLOC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
+_reuse_lock, _reuse_depth = threading.Lock(), [0]
+
+def _glibc():
+    "The C library when it is glibc with `mallopt` and `malloc_trim`, else None"
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc': return None
+    libc = ctypes.CDLL(None)
+    return libc if hasattr(libc, 'mallopt') and hasattr(libc, 'malloc_trim') else None
+
+@contextlib.contextmanager
+def reusing_memory(enabled:bool|None=None, # None: `REUSE_MEMORY`
+                  ):
+    "Keep large freed CPU buffers in malloc's heap while open, so that repeated products reuse memory instead of page-faulting it in again; malloc's defaults are restored and the free memory returned to the system on exit"
+    libc = _glibc() if (REUSE_MEMORY if enabled is None else enabled) else None
+    if libc is None: yield; return
+    with _reuse_lock:
+        if _reuse_depth[0] == 0: libc.mallopt(_M_MMAP_MAX, 0); libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
+        _reuse_depth[0] += 1
+    try: yield
+    finally:
+        with _reuse_lock:
+            _reuse_depth[0] -= 1
+            if _reuse_depth[0] == 0:
+                for param, value in _MALLOC_DEFAULTS.items(): libc.mallopt(param, value)
+                libc.malloc_trim(0)

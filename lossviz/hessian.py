@@ -16,7 +16,8 @@ from torch.utils._pytree import tree_map, tree_leaves
 from fastcore.basics import patch
 from .core import (FunctionalLoss, ParamSpec, select_params, preserved, progress, make_generator, batch_size, chunk_count,
                           default_budget, call_model, synchronize, check_scalar_loss, split_outputs, calls_attention,
-                          math_attention, torch_limitation, has_random_layers, available_memory, resident_memory, accumulation_dtype, all_reduce_sum)
+                          math_attention, torch_limitation, has_random_layers, available_memory, resident_memory, accumulation_dtype, all_reduce_sum,
+                          reusing_memory)
 from . import plots
 
 # %% auto #0
@@ -463,14 +464,15 @@ def _norms(W:Tensor) -> Tensor:
     return _dots(W, W).diagonal().clamp_min(0).sqrt()
 
 def _orthogonalize_(W:Tensor, V:Tensor, # rows (b, P) to orthogonalise in place, against the orthonormal rows (m, P)
-                    recent:int=0, # the last `recent` rows of `V` first (those expected to carry most of `W`, as the three-term recurrence's)
+                    twice:bool=True, # a second pass where a row lost more than `DGKS` of its norm in the first (False: one pass, for a caller that tracks what it leaves)
                    ) -> Tensor:
-    "Remove from the rows of `W`, in place, their components on the rows of `V`: classical Gram-Schmidt as two matrix products reading `V` once each, a second pass where a row lost more than `DGKS` of its norm in the first (after the `recent` rows' pass, so that the expected large components do not trigger it); returns the coefficients (m, b)"
+    "Remove from the rows of `W`, in place, their components on the rows of `V`: classical Gram-Schmidt as two matrix products reading `V` once each, repeated where `twice` and DGKS say; returns the coefficients (m, b)"
     h = W.new_zeros(len(V), len(W), dtype=torch.float64)
     if not len(V): return h
-    if recent:
-        c = _dots(V[-recent:], W)
-        W.addmm_(c.T.to(W), V[-recent:], alpha=-1); h[-recent:] += c
+    if not twice:
+        h = _dots(V, W)
+        W.addmm_(h.T.to(W), V, alpha=-1)
+        return h
     norm = _norms(W)
     for _ in range(2):
         c = _dots(V, W)
@@ -503,13 +505,17 @@ def _combine_(V:Tensor, C:Tensor, out:Tensor, chunk:int=1 << 16):
 
 @dataclass
 class _Lanczos:
-    "State of a thick-restarted block Lanczos iteration with a dense projected matrix"
+    "State of a thick-restarted block Lanczos iteration with a dense projected matrix and partial reorthogonalisation"
     V: Tensor       # (ncv + block, P) basis rows; the first `m` are in use, the next `b` are the block to multiply, the `b` after it receive its products
     T: Tensor       # (ncv, ncv) projected matrix V^T H V (float64)
+    O: Tensor       # (ncv + block, ncv + block) estimated inner products of the basis rows (float64, ones on the diagonal): Simon's omega
     b: int = 1
     m: int = 0
+    lo: int = 0     # the first row coupled to the block through H: the previous block's, or 0 after a restart (the kept Ritz vectors)
+    force: bool = False   # reorthogonalise the next block against the whole basis (the step after one that needed it)
     n_matvecs: int = 0
     restarts: int = 0
+    full: int = 0   # steps whose block was reorthogonalised against the whole basis
 
 def _ritz(L:_Lanczos) -> tuple[Tensor, Tensor]:
     "Ritz values and vectors (coefficients in the basis) of the projected matrix"
@@ -610,7 +616,7 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it; if it takes
             basis_device:torch.device|str|None=None, # where the basis lives (None: `device`); "cpu" with a CUDA `device`: pinned host memory
             info:dict|None=None, # filled with the basis size, the restarts and where the basis lived
            ):
-    "Top-`k` eigenpairs of a symmetric operator by thick-restarted (block) Lanczos with full reorthogonalisation; returns (values, vectors, residuals, converged, n_matvecs)"
+    "Top-`k` eigenpairs of a symmetric operator by thick-restarted (block) Lanczos with partial reorthogonalisation; returns (values, vectors, residuals, converged, n_matvecs)"
     if which not in WHICH: raise ValueError(f"`which` must be one of {WHICH}, got {which!r}")
     if not isinstance(k, int) or k < 1: raise ValueError(f"`k` must be a positive integer, got {k!r}")
     if k > P: raise ValueError(f"`k`={k} exceeds the dimension P={P}")
@@ -625,7 +631,7 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it; if it takes
     store = device if basis_device is None else _dev(basis_device)
     g = make_generator(seed, device)
     L = _Lanczos(torch.empty(ncv + b, P, dtype=dtype, device=store, pin_memory=store.type == 'cpu' and device.type == 'cuda'),
-                 torch.zeros(ncv, ncv, dtype=torch.float64), b)
+                 torch.zeros(ncv, ncv, dtype=torch.float64), torch.eye(ncv + b, dtype=torch.float64), b)
     L.V[:b] = _start_block(start, b, P, dtype, device, g)
     _block_qr_(L.V[:b], L.V[:0], g, 0.0)
     multiply, clock = _multiplier(matvec, device, store), _Clock(store)
@@ -633,26 +639,60 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it; if it takes
     bar = progress(total=max_matvecs, desc='lanczos', verbose=verbose)
     try:
         while True:
-            m, bq = L.m, L.b
+            m, bq, lo = L.m, L.b, L.lo
             W = L.V[m + bq:m + 2 * bq]   # the products land right after the block: orthogonalised, they become the next block
             with clock('product'): multiply(L.V[m:m + bq], W)
-            with clock('orth'): h = _orthogonalize_(W, L.V[:m + bq], recent=min(m + bq, 2 * bq))   # the block and the one before it first: the three-term recurrence
-            L.T[:m + bq, m:m + bq] = h.cpu()   # float64, as `_dots` returns them
-            L.T[m:m + bq, :m + bq] = h.T.cpu()
-            L.m, L.n_matvecs = m + bq, L.n_matvecs + bq
+            with clock('orth'): h = _orthogonalize_(W, L.V[lo:m + bq], twice=False)   # the recurrence: against the block, the one before it (after a restart: the kept Ritz vectors); `L.O` tracks what one pass leaves
+            L.T[lo:m + bq, m:m + bq] = h.cpu()   # float64, as `_dots` returns them
+            L.T[m:m + bq, lo:m + bq] = h.T.cpu()
+            L.m, L.n_matvecs, L.lo = m + bq, L.n_matvecs + bq, m
             bar.update(bq)
             theta, S = _ritz(L)
-            nq, R, deflated = _block_qr_(W, L.V[:L.m], g, 10 * torch.finfo(dtype).eps * max(float(theta.abs().max()), 1e-300))
+            tiny = 10 * torch.finfo(dtype).eps * max(float(theta.abs().max()), 1e-300)
+            with clock('orth'): nq, R, deflated = _block_qr_(W, L.V[:L.m], g, tiny)
             idx, res, conv = _converged(L, theta, S, R, bq, which, k, tol)
             breakdown = deflated == bq   # the Krylov space is invariant: everything found is exact
             if (L.m >= k and bool(conv.all())) or (breakdown and L.m >= k) or L.m >= P or not nq or L.n_matvecs >= max_matvecs: break
+            with clock('orth'): _keep_semiorthogonal_(L, W[:nq], R, lo, deflated, g, _allowed_loss(theta, idx, tol, dtype))
+            if deflated: L.lo = 0   # a random row replaced one: H couples it to the whole basis, so its product is orthogonalised against all of it
             if L.m + nq > ncv: _restart(L, theta, S, which, k, nq)
             L.b = nq
     finally: bar.close()
     vecs = _combine_(L.V[:L.m], S[:, idx].T.to(L.V), torch.empty(len(idx), P, dtype=dtype, device=device))
     if info is not None: info.update(basis_size=ncv, restarts=L.restarts, basis_device=str(store), vectors=ncv + b + k, seconds=time.perf_counter() - t0,
-                                     product_seconds=clock.t['product'], orth_seconds=clock.t['orth'])
+                                     product_seconds=clock.t['product'], orth_seconds=clock.t['orth'], full_reorthogonalizations=L.full)
     return theta[idx].to(dtype), vecs.div_(_norms(vecs)[:, None].to(vecs)), res.to(dtype), conv, L.n_matvecs
+
+def _noisy(Y:Tensor, noise) -> Tensor:
+    "Estimates `Y` pushed away from zero by the rounding `noise` (Simon's bound keeps the sign)"
+    return Y + torch.where(Y >= 0, 1.0, -1.0) * noise
+
+def _omega(L:_Lanczos, R:Tensor, lo:int) -> Tensor:
+    "Simon's recurrence, for any projected matrix (tridiagonal, arrowhead after a restart, blocks): estimated inner products (b, m) of the new block `Q` (with `W = R^T Q`) with the basis rows before it, from `H V = V T + Q^T R E^T` and the symmetry of H, rounding entering as `eps` times the norms of T's columns; with the rows from `lo` on, those the recurrence orthogonalised against, what classical Gram-Schmidt leaves of the coefficients when those rows are not exactly orthonormal"
+    m, eps = L.m, torch.finfo(L.V.dtype).eps
+    C, O, T = slice(m - len(R), m), L.O[:m, :m], L.T[:m, :m]
+    Y = O[C] @ T - T[:, C].T @ O
+    Y[:, lo:] = -T[lo:, C].T @ (O[lo:, lo:] - torch.eye(m - lo, dtype=O.dtype))
+    cols = T.norm(dim=0)
+    return torch.linalg.solve_triangular(R.double().cpu().T, _noisy(Y, eps * (cols[None, :] + cols[C, None])), upper=False)
+
+def _allowed_loss(theta:Tensor, idx:Tensor, tol:float, dtype) -> float:
+    "The loss of orthogonality allowed: sqrt(eps) (semi-orthogonality, Simon), or less where `tol` asks for more, as the true residuals then differ from the reported ones by about this times the largest Ritz value (the small coefficients a reorthogonalisation drops)"
+    eps = torch.finfo(dtype).eps
+    top = float(theta.abs().max())
+    wanted = float(theta[idx].abs().min())
+    return min(math.sqrt(eps), 0.1 * tol * max(wanted, eps ** (2 / 3) * top) / max(top, 1e-300))
+
+def _keep_semiorthogonal_(L:_Lanczos, Q:Tensor, R:Tensor, lo:int, deflated:int, g:torch.Generator, allowed:float):
+    "Partial reorthogonalisation (Simon, 1984): the new block `Q` (orthonormal rows after the basis, `W = R^T Q`) is orthogonalised against the whole basis only when the estimated loss of orthogonality exceeds `allowed`, and then once more on the next step; the estimates `L.O` follow"
+    m, n, eps = L.m, L.m + len(Q), torch.finfo(L.V.dtype).eps
+    X = None if deflated or L.force else _omega(L, R, lo)
+    if X is None or float(X.abs().max()) > allowed:
+        c = _orthogonalize_(Q, L.V[:m]); _block_qr_(Q, L.V[:m], g, 0.5)   # unit rows again; the small coefficients are dropped: T keeps the recurrence's
+        X = _noisy(-c.T.cpu() @ (L.O[:m, :m] - torch.eye(m, dtype=torch.float64)), eps)
+        L.force, L.full = not L.force, L.full + 1
+    L.O[m:n, :m] = X; L.O[:m, m:n] = X.T
+    L.O[m:n, m:n] = torch.eye(len(Q), dtype=torch.float64)
 
 def _restart(L:_Lanczos, theta:Tensor, S:Tensor, which:str, k:int, room:int):
     "Thick restart, in place: the most wanted Ritz vectors (and their values) become the start of the basis, and the next block (`room` rows) moves up behind them"
@@ -662,7 +702,10 @@ def _restart(L:_Lanczos, theta:Tensor, S:Tensor, which:str, k:int, room:int):
     L.V[n:n + room] = L.V[L.m:L.m + room]
     L.T.zero_()
     L.T[range(n), range(n)] = theta[keep]
-    L.m, L.restarts = n, L.restarts + 1
+    L.O.zero_()
+    L.O[:n + room, :n + room] = _dots(L.V[:n + room], L.V[:n + room]).cpu()   # measured: the recurrence's estimates start from the truth
+    L.O.diagonal().fill_(1)
+    L.m, L.lo, L.restarts = n, 0, L.restarts + 1
 
 # %% ../nbs/03_hessian.ipynb #fbc444c8
 def _fmt(x) -> str: return f"{float(x):.6g}"
@@ -771,8 +814,8 @@ def _peak_memory(device:torch.device, info:dict):
 @patch
 @contextmanager
 def _running(self:Hessian, info:dict):
-    "The guard around a computation: the model restored on exit and the peak memory measured into `info`"
-    with preserved(self.fl.model), _peak_memory(self.device, info): yield
+    "The guard around a computation: the model restored on exit, the peak memory measured into `info`, and on the CPU freed buffers reused from one product to the next (`core.reusing_memory`)"
+    with preserved(self.fl.model), _peak_memory(self.device, info), reusing_memory(None if self.device.type == 'cpu' else False): yield
 
 @patch
 def _result(self:Hessian, r, info:dict|None=None):

@@ -275,22 +275,14 @@ def clocked(fn):
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
-def bare_hvp(model, batch, kernel, reps=3):
-    "Median (wall, CPU) seconds of one bare HVP: a backward pass through the gradient's kept graph (PyHessian's product), or jvp of the gradient"
+def bare_hvp(model, batch, reps=5):
+    "Median CPU seconds of one bare HVP: a backward pass through the gradient's kept graph (PyHessian's product)"
     params = [p for p in model.parameters() if p.requires_grad]
     vs = [torch.randn_like(p) for p in params]
-    if kernel == 'jvp':
-        from torch.func import functional_call, grad, jvp
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
-        g = grad(lambda p: functional_call(model, p, (), batch).loss)
-        p0, t0 = {n: p.detach() for n, p in zip(names, params)}, dict(zip(names, vs))
-        one = lambda: jvp(g, (p0,), (t0,))
-    else:
-        gs = torch.autograd.grad(model(**batch).loss, params, create_graph=True)
-        one = lambda: torch.autograd.grad(gs, params, vs, retain_graph=True)
+    gs = torch.autograd.grad(model(**batch).loss, params, create_graph=True)
+    one = lambda: torch.autograd.grad(gs, params, vs, retain_graph=True)
     one()
-    runs = [clocked(one)[1:] for _ in range(reps)]
-    return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
+    return statistics.median(clocked(one)[2] for _ in range(reps))
 
 
 def dot64(a, b, chunk=1 << 20) -> float:
@@ -329,8 +321,8 @@ def worker(args):
     base = maxrss()
     out = dict(P=P)
     if tool == 'bare':   # the user's own HVP loop, in a process of its own: default malloc, then inside lossviz's reusing_memory
-        out['bare'], out['bare_cpu'] = bare_hvp(model, batch, 'double_backward', reps=5)
-        with reusing_memory(): out['reusing'], out['reusing_cpu'] = bare_hvp(model, batch, 'double_backward', reps=5)
+        out['bare_cpu'] = bare_hvp(model, batch)
+        with reusing_memory(): out['reusing_cpu'] = bare_hvp(model, batch)
         return out
     if tool == 'lossviz':
         H, t_init = timed(lambda: Hessian(model, None, batch, budget=budget, verbose=False))

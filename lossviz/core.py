@@ -651,15 +651,16 @@ def chunk_count(n_items:int, # how many items must be processed
     return max(1, min(n_items, budget // max(1, bytes_per_item)))
 
 # %% ../nbs/00_core.ipynb #reuse0ex
-import ctypes, platform, threading
+import ctypes, functools, platform, threading
 
 REUSE_MEMORY = True   # let `reusing_memory` keep freed CPU buffers in malloc's heap (Linux, glibc); False leaves malloc alone
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # mallopt's parameters (glibc's malloc.h)
 _MALLOC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
 _reuse_lock, _reuse_depth = threading.Lock(), [0]
 
+@functools.cache
 def _glibc():
-    "The C library when it is glibc with `mallopt` and `malloc_trim`, else None"
+    "The C library when it is glibc with `mallopt` and `malloc_trim`, else None (looked up once)"
     if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc': return None
     libc = ctypes.CDLL(None)
     return libc if hasattr(libc, 'mallopt') and hasattr(libc, 'malloc_trim') else None

@@ -467,13 +467,12 @@ def _orthogonalize_(W:Tensor, V:Tensor, # rows (b, P) to orthogonalise in place,
                     twice:bool=True, # a second pass where a row lost more than `DGKS` of its norm in the first (False: one pass, for a caller that tracks what it leaves)
                    ) -> Tensor:
     "Remove from the rows of `W`, in place, their components on the rows of `V`: classical Gram-Schmidt as two matrix products reading `V` once each, repeated where `twice` and DGKS say; returns the coefficients (m, b)"
-    h = W.new_zeros(len(V), len(W), dtype=torch.float64)
-    if not len(V): return h
+    if not len(V): return W.new_zeros(0, len(W), dtype=torch.float64)
     if not twice:
         h = _dots(V, W)
         W.addmm_(h.T.to(W), V, alpha=-1)
         return h
-    norm = _norms(W)
+    h, norm = W.new_zeros(len(V), len(W), dtype=torch.float64), _norms(W)
     for _ in range(2):
         c = _dots(V, W)
         W.addmm_(c.T.to(W), V, alpha=-1); h += c
@@ -508,7 +507,7 @@ class _Lanczos:
     "State of a thick-restarted block Lanczos iteration with a dense projected matrix and partial reorthogonalisation"
     V: Tensor       # (ncv + block, P) basis rows; the first `m` are in use, the next `b` are the block to multiply, the `b` after it receive its products
     T: Tensor       # (ncv, ncv) projected matrix V^T H V (float64)
-    O: Tensor       # (ncv + block, ncv + block) estimated inner products of the basis rows (float64, ones on the diagonal): Simon's omega
+    O: Tensor       # (ncv + block, ncv + block) estimated inner products of the basis rows off the diagonal, V V^T - I (float64): Simon's omega
     b: int = 1
     m: int = 0
     lo: int = 0     # the first row coupled to the block through H: the previous block's, or 0 after a restart (the kept Ritz vectors)
@@ -631,7 +630,7 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it; if it takes
     store = device if basis_device is None else _dev(basis_device)
     g = make_generator(seed, device)
     L = _Lanczos(torch.empty(ncv + b, P, dtype=dtype, device=store, pin_memory=store.type == 'cpu' and device.type == 'cuda'),
-                 torch.zeros(ncv, ncv, dtype=torch.float64), torch.eye(ncv + b, dtype=torch.float64), b)
+                 torch.zeros(ncv, ncv, dtype=torch.float64), torch.zeros(ncv + b, ncv + b, dtype=torch.float64), b)
     L.V[:b] = _start_block(start, b, P, dtype, device, g)
     _block_qr_(L.V[:b], L.V[:0], g, 0.0)
     multiply, clock = _multiplier(matvec, device, store), _Clock(store)
@@ -648,8 +647,7 @@ def lanczos(matvec, # maps a stack (k, P) to the curvature times it; if it takes
             L.m, L.n_matvecs, L.lo = m + bq, L.n_matvecs + bq, m
             bar.update(bq)
             theta, S = _ritz(L)
-            tiny = 10 * torch.finfo(dtype).eps * max(float(theta.abs().max()), 1e-300)
-            with clock('orth'): nq, R, deflated = _block_qr_(W, L.V[:L.m], g, tiny)
+            with clock('orth'): nq, R, deflated = _block_qr_(W, L.V[:L.m], g, 10 * torch.finfo(dtype).eps * max(float(theta.abs().max()), 1e-300))
             idx, res, conv = _converged(L, theta, S, R, bq, which, k, tol)
             breakdown = deflated == bq   # the Krylov space is invariant: everything found is exact
             if (L.m >= k and bool(conv.all())) or (breakdown and L.m >= k) or L.m >= P or not nq or L.n_matvecs >= max_matvecs: break
@@ -668,11 +666,11 @@ def _noisy(Y:Tensor, noise) -> Tensor:
     return Y + torch.where(Y >= 0, 1.0, -1.0) * noise
 
 def _omega(L:_Lanczos, R:Tensor, lo:int) -> Tensor:
-    "Simon's recurrence, for any projected matrix (tridiagonal, arrowhead after a restart, blocks): estimated inner products (b, m) of the new block `Q` (with `W = R^T Q`) with the basis rows before it, from `H V = V T + Q^T R E^T` and the symmetry of H, rounding entering as `eps` times the norms of T's columns; with the rows from `lo` on, those the recurrence orthogonalised against, what classical Gram-Schmidt leaves of the coefficients when those rows are not exactly orthonormal"
+    "Simon's recurrence, for any projected matrix (tridiagonal, arrowhead after a restart, blocks): estimated inner products (b, m) of the new block `Q` (with `W = R^T Q`) with the basis rows before it, from `H V = V T + Q^T R E^T` and the symmetry of H and T (the identity of V V^T cancels), rounding entering as `eps` times the norms of T's columns; with the rows from `lo` on, those the recurrence orthogonalised against, what classical Gram-Schmidt leaves of the coefficients when those rows are not exactly orthonormal"
     m, eps = L.m, torch.finfo(L.V.dtype).eps
     C, O, T = slice(m - len(R), m), L.O[:m, :m], L.T[:m, :m]
     Y = O[C] @ T - T[:, C].T @ O
-    Y[:, lo:] = -T[lo:, C].T @ (O[lo:, lo:] - torch.eye(m - lo, dtype=O.dtype))
+    Y[:, lo:] = -T[lo:, C].T @ O[lo:, lo:]
     cols = T.norm(dim=0)
     return torch.linalg.solve_triangular(R.double().cpu().T, _noisy(Y, eps * (cols[None, :] + cols[C, None])), upper=False)
 
@@ -689,10 +687,10 @@ def _keep_semiorthogonal_(L:_Lanczos, Q:Tensor, R:Tensor, lo:int, deflated:int, 
     X = None if deflated or L.force else _omega(L, R, lo)
     if X is None or float(X.abs().max()) > allowed:
         c = _orthogonalize_(Q, L.V[:m]); _block_qr_(Q, L.V[:m], g, 0.5)   # unit rows again; the small coefficients are dropped: T keeps the recurrence's
-        X = _noisy(-c.T.cpu() @ (L.O[:m, :m] - torch.eye(m, dtype=torch.float64)), eps)
+        X = _noisy(-c.T.cpu() @ L.O[:m, :m], eps)
         L.force, L.full = not L.force, L.full + 1
     L.O[m:n, :m] = X; L.O[:m, m:n] = X.T
-    L.O[m:n, m:n] = torch.eye(len(Q), dtype=torch.float64)
+    L.O[m:n, m:n] = 0   # the block is orthonormal
 
 def _restart(L:_Lanczos, theta:Tensor, S:Tensor, which:str, k:int, room:int):
     "Thick restart, in place: the most wanted Ritz vectors (and their values) become the start of the basis, and the next block (`room` rows) moves up behind them"
@@ -704,7 +702,7 @@ def _restart(L:_Lanczos, theta:Tensor, S:Tensor, which:str, k:int, room:int):
     L.T[range(n), range(n)] = theta[keep]
     L.O.zero_()
     L.O[:n + room, :n + room] = _dots(L.V[:n + room], L.V[:n + room]).cpu()   # measured: the recurrence's estimates start from the truth
-    L.O.diagonal().fill_(1)
+    L.O.diagonal().zero_()
     L.m, L.lo, L.restarts = n, 0, L.restarts + 1
 
 # %% ../nbs/03_hessian.ipynb #fbc444c8

@@ -1,7 +1,8 @@
 """`core.reusing_memory` measured in a fresh interpreter: a Hessian product's buffers are page-faulted in afresh outside it and
-reused inside it, and malloc's defaults come back on exit, after a nested use and after an exception. In a process that has
-already run a notebook's worth of work the heap's layout can keep a freed buffer from being reused (seen once in CI), so the
-page faults are counted where the heap starts out empty, as in a script or a fresh kernel."""
+reused inside it, and malloc's defaults come back on exit, after a nested use and after an exception. In 00_core's notebook kernel,
+after its other cells and while another process loaded the machine, 2 of 4 runs saw no reuse (one in CI; the cause was not found),
+where fresh interpreters reused the buffers in all 11 runs, 6 of them under that load: so the page faults are counted where the
+heap starts out empty, as in a script or a fresh kernel."""
 import json, subprocess, sys
 import pytest
 from lossviz.core import _glibc

@@ -32,7 +32,8 @@ METHODS = ('auto', 'linearize', 'jvp', 'vjp', 'double_backward')
 LARGE_P = 2_000_000       # above this many parameters, `method="auto"` keeps the first kernel that works, untimed, and the default Lanczos basis is `LARGE_BASIS`
 LARGE_BASIS = 12          # the default Lanczos basis (with k <= 5) above `LARGE_P` parameters, where reading a basis of 40 costs more than the products it saves (see the prose)
 BUDGET_SHARE = 0.5        # without a `budget`: the share of the memory free on the device that one computation may take
-PRODUCT_BUFFERS = 7       # parameter-sized buffers (model dtype) the products take besides the algorithms' vectors, as measured (see "Memory" below)
+PRODUCT_BUFFERS = {'double_backward': 4.5, 'vjp': 4.5, 'jvp': 7, 'linearize': 17.5, 'ggn': 5, 'ggn_autograd': 5.5,   # parameter-sized buffers (model dtype)
+                   'empirical_fisher': 10, 'empirical_fisher_autograd': 8}   # each kernel's products take besides the algorithms' vectors, as measured (see "Memory" below)
 MEMORY_MARGIN = 0.15      # share of the budget left to what the estimates do not count: activations, blocks the allocator keeps
 
 def _rademacher(k:int, P:int, g:torch.Generator, dtype, device) -> Tensor:
@@ -285,6 +286,14 @@ def _candidates(self:Hessian) -> list[str]:
     return ['double_backward', 'jvp'] if self.cache else ['jvp', 'double_backward']   # a graph rebuilt at every product never pays
 
 @patch
+def _possible_kernels(self:Hessian) -> list[str]:
+    "The kernel chosen, or before the first product those that may be: every candidate where the probe times them all (or `jvp` probes for `linearize`), else the first, which a large operator keeps unless PyTorch cannot run it"
+    if self._kernel is not None: return [self._kernel]
+    names = self._candidates()
+    probed = self.method == 'linearize' or (self.method == 'auto' and self.curvature == 'hessian' and self.P <= LARGE_P)
+    return names if probed else names[:1]
+
+@patch
 def _timed(self:Hessian, name:str, i, x, y, V, batched=False) -> tuple[list, float]:
     "Kernel `name`'s products with `V` on batch `i`, computed (as a list of pieces), and the seconds they took (one-time setup excluded)"
     synchronize(self.device)
@@ -347,9 +356,9 @@ def _kept_batches(self:Hessian) -> int:
 
 @patch
 def _product_bytes(self:Hessian) -> int:
-    "Memory of the products besides the algorithms' vectors: `PRODUCT_BUFFERS` parameter-sized buffers (the model's snapshot, the kept graph's gradient, the products and their temporaries), plus the kept setups of further batches"
+    "Memory of the products besides the algorithms' vectors: the kernel's `PRODUCT_BUFFERS` parameter-sized buffers (the model's snapshot, the kept graph's gradient, the products and their temporaries), plus the kept setups of further batches; before the first product, the most of the kernels it may choose"
     each = self.P * self.spec.dtype.itemsize
-    return PRODUCT_BUFFERS * each + 2 * each * max(self._kept_batches() - 1, 0)
+    return int(max(PRODUCT_BUFFERS[k] for k in self._possible_kernels()) * each) + 2 * each * max(self._kept_batches() - 1, 0)
 
 @patch
 def _chunk_size(self:Hessian, x) -> int:

@@ -21,10 +21,10 @@ from .core import (FunctionalLoss, ParamSpec, select_params, preserved, progress
 from . import plots
 
 # %% auto #0
-__all__ = ['CURVATURES', 'METHODS', 'LARGE_P', 'LARGE_BASIS', 'BUDGET_SHARE', 'PRODUCT_BUFFERS', 'MEMORY_MARGIN', 'KERNELS',
-           'WHICH', 'DGKS', 'DOT_CHUNK', 'XTRACE_VECTORS', 'Hessian', 'default_max_matvecs', 'basis_size', 'fit_basis',
-           'lanczos', 'EigenResult', 'TraceResult', 'hutchpp', 'xtrace', 'DensityResult', 'slq', 'BlockResult',
-           'eigenvalues', 'trace', 'density']
+__all__ = ['CURVATURES', 'METHODS', 'LARGE_P', 'LARGE_BASIS', 'BUDGET_SHARE', 'PRODUCT_BUFFERS', 'PER_SAMPLE_BUFFERS',
+           'MEMORY_MARGIN', 'KERNELS', 'WHICH', 'DGKS', 'DOT_CHUNK', 'XTRACE_VECTORS', 'Hessian', 'default_max_matvecs',
+           'basis_size', 'fit_basis', 'lanczos', 'EigenResult', 'TraceResult', 'hutchpp', 'xtrace', 'DensityResult',
+           'slq', 'BlockResult', 'eigenvalues', 'trace', 'density']
 
 # %% ../nbs/03_hessian.ipynb #fd714ba5
 CURVATURES = ('hessian', 'ggn', 'empirical_fisher')
@@ -33,7 +33,8 @@ LARGE_P = 2_000_000       # above this many parameters, `method="auto"` keeps th
 LARGE_BASIS = 12          # the default Lanczos basis (with k <= 5) above `LARGE_P` parameters, where reading a basis of 40 costs more than the products it saves (see the prose)
 BUDGET_SHARE = 0.5        # without a `budget`: the share of the memory free on the device that one computation may take
 PRODUCT_BUFFERS = {'double_backward': 4.5, 'vjp': 4.5, 'jvp': 7, 'linearize': 17.5, 'ggn': 5, 'ggn_autograd': 5.5,   # parameter-sized buffers (model dtype)
-                   'empirical_fisher': 10, 'empirical_fisher_autograd': 8}   # each kernel's products take besides the algorithms' vectors, as measured (see "Memory" below)
+                   'empirical_fisher': 2, 'empirical_fisher_autograd': 4}   # each kernel's products take besides the algorithms' vectors, as measured (see "Memory" below)
+PER_SAMPLE_BUFFERS = {'empirical_fisher': 4, 'empirical_fisher_autograd': 2}   # and, for the empirical Fisher, per sample of the largest batch (its per-sample gradients and their temporaries)
 MEMORY_MARGIN = 0.15      # share of the budget left to what the estimates do not count: activations, blocks the allocator keeps
 
 def _rademacher(k:int, P:int, g:torch.Generator, dtype, device) -> Tensor:
@@ -93,21 +94,21 @@ class Hessian:
         self._kernel, self._batched, self._setups, self._leaves = None, batched, {}, None   # chosen once: the kernel on the first product, vmap or loop on the first stack
         self._chunk, self._per_vec, self._kept_limit = None, None, None
         self._offsets = {n: (s.start, s.stop) for n, s in self.spec.blocks().items()}
-        with preserved(model): (self.loss, self.n_samples, self.n_batches), seen = calls_attention(self._checked_loss)
+        with preserved(model): (self.loss, self.n_samples, self.n_batches, self._rows), seen = calls_attention(self._checked_loss)
         self.meta = {'attention': 'math'} if seen else {}   # then scaled-dot-product attention runs the math kernel in every product
         if batched is not None: self.meta['batched'] = batched
 
-    def _checked_loss(self) -> tuple[float, int|float, int]:
-        "Full-data loss at the current parameters, the data's total weight (over all ranks) and the number of local batches; raises if a batch gives a non-finite loss"
-        total, N, nb = 0, 0, 0
+    def _checked_loss(self) -> tuple[float, int|float, int, tuple[int, int]]:
+        "Full-data loss at the current parameters, the data's total weight (over all ranks), the number of local batches and their samples (the largest batch's, all of them); raises if a batch gives a non-finite loss"
+        total, N, nb, rows = 0, 0, 0, (0, 0)
         with torch.no_grad():
             for i, (x, y, n) in enumerate(self.fl.batches):
                 self._fix_draws(i)
                 l = self.fl.batch_loss(self.fl.params, x, y)
                 if not torch.isfinite(l): raise ValueError(f"`loss_fn` returned a non-finite loss ({l.item()}) on batch {i} of `data`")
-                total, N, nb = total + l * n, N + n, nb + 1
+                total, N, nb, rows = total + l * n, N + n, nb + 1, (max(rows[0], batch_size((x, y))), rows[1] + batch_size((x, y)))
         if self.fl.batches.distributed: total, N = all_reduce_sum(total, N)
-        return float(total / N), N, nb
+        return float(total / N), N, nb, rows
 
     def __repr__(self):   # from values kept at construction: printing on one rank never waits for the others
         nb = self.n_batches
@@ -259,8 +260,7 @@ def _per_sample_grads_autograd(self:Hessian, x, y, n) -> Tensor:
 def _ef_product(H:Hessian, name, per_sample, i, x, y, V):
     "Empirical Fisher products `V G^T G / n` from the per-sample gradients `G` of batch `i` (kept when all batches' fit the stacks' budget)"
     n = batch_size((x, y))
-    fits = H.cache and H.spec.dtype.itemsize * H.P * H.n_samples <= H._stack_budget()
-    G = H._setup((name, i), lambda: per_sample(x, y, n)) if fits else per_sample(x, y, n)
+    G = H._setup((name, i), lambda: per_sample(x, y, n)) if H._keeps_per_sample() else per_sample(x, y, n)
     return iter([(0, H.spec.unflatten((V @ G.T) @ G / n))])
 
 def _empirical_fisher_kernel(H:Hessian, i, x, y, V, batched):
@@ -356,9 +356,18 @@ def _kept_batches(self:Hessian) -> int:
 
 @patch
 def _product_bytes(self:Hessian) -> int:
-    "Memory of the products besides the algorithms' vectors: the kernel's `PRODUCT_BUFFERS` parameter-sized buffers (the model's snapshot, the kept graph's gradient, the products and their temporaries), plus the kept setups of further batches; before the first product, the most of the kernels it may choose"
-    each = self.P * self.spec.dtype.itemsize
-    return int(max(PRODUCT_BUFFERS[k] for k in self._possible_kernels()) * each) + 2 * each * max(self._kept_batches() - 1, 0)
+    "Memory of the products besides the algorithms' vectors: the kernel's `PRODUCT_BUFFERS` parameter-sized buffers (the model's snapshot, the kept graph's gradient, the products and their temporaries), plus for the empirical Fisher `PER_SAMPLE_BUFFERS` per sample of the largest batch and the kept per-sample gradients of the others, plus the kept setups of further batches; before the first product, the most of the kernels it may choose"
+    each, kernels = self.P * self.spec.dtype.itemsize, self._possible_kernels()
+    per_sample = max(PER_SAMPLE_BUFFERS.get(k, 0) for k in kernels)
+    largest, rows = self._rows
+    kept = (rows - largest) * each if per_sample and self._keeps_per_sample() else 0   # the other batches' per-sample gradients
+    setups = 0 if per_sample else 2 * each * max(self._kept_batches() - 1, 0)   # the empirical Fisher's kept setups are its per-sample gradients
+    return int((max(PRODUCT_BUFFERS[k] for k in kernels) + per_sample * largest) * each) + kept + setups
+
+@patch
+def _keeps_per_sample(self:Hessian) -> bool:
+    "Whether the empirical Fisher keeps every batch's per-sample gradients: with `cache`, when all of them fit a quarter of the budget"
+    return self.cache and self.spec.dtype.itemsize * self.P * self.n_samples <= self._stack_budget()
 
 @patch
 def _chunk_size(self:Hessian, x) -> int:

@@ -106,7 +106,8 @@ class Hessian:
                 self._fix_draws(i)
                 l = self.fl.batch_loss(self.fl.params, x, y)
                 if not torch.isfinite(l): raise ValueError(f"`loss_fn` returned a non-finite loss ({l.item()}) on batch {i} of `data`")
-                total, N, nb, rows = total + l * n, N + n, nb + 1, (max(rows[0], batch_size((x, y))), rows[1] + batch_size((x, y)))
+                b = batch_size((x, y))
+                total, N, nb, rows = total + l * n, N + n, nb + 1, (max(rows[0], b), rows[1] + b)
         if self.fl.batches.distributed: total, N = all_reduce_sum(total, N)
         return float(total / N), N, nb, rows
 

@@ -22,9 +22,9 @@ from . import plots
 
 # %% auto #0
 __all__ = ['CURVATURES', 'METHODS', 'LARGE_P', 'LARGE_BASIS', 'BUDGET_SHARE', 'PRODUCT_BUFFERS', 'PER_SAMPLE_BUFFERS',
-           'MEMORY_MARGIN', 'KERNELS', 'WHICH', 'DGKS', 'DOT_CHUNK', 'XTRACE_VECTORS', 'Hessian', 'default_max_matvecs',
-           'basis_size', 'fit_basis', 'lanczos', 'EigenResult', 'TraceResult', 'hutchpp', 'xtrace', 'DensityResult',
-           'slq', 'BlockResult', 'eigenvalues', 'trace', 'density']
+           'MEMORY_MARGIN', 'KERNELS', 'WHICH', 'DGKS', 'DOT_CHUNK', 'RESTART_GUARDS', 'XTRACE_VECTORS', 'Hessian',
+           'default_max_matvecs', 'basis_size', 'fit_basis', 'lanczos', 'EigenResult', 'TraceResult', 'hutchpp',
+           'xtrace', 'DensityResult', 'slq', 'BlockResult', 'eigenvalues', 'trace', 'density']
 
 # %% ../nbs/03_hessian.ipynb #fd714ba5
 CURVATURES = ('hessian', 'ggn', 'empirical_fisher')
@@ -287,12 +287,16 @@ def _candidates(self:Hessian) -> list[str]:
     return ['double_backward', 'jvp'] if self.cache else ['jvp', 'double_backward']   # a graph rebuilt at every product never pays
 
 @patch
+def _races(self:Hessian) -> bool:
+    "Whether the first product is computed by every candidate and the fastest kept: `auto` on a Hessian of at most `LARGE_P` parameters (above, the first candidate that works is kept untimed)"
+    return self.method == 'auto' and self.curvature == 'hessian' and self.P <= LARGE_P
+
+@patch
 def _possible_kernels(self:Hessian) -> list[str]:
-    "The kernel chosen, or before the first product those that may be: every candidate where the probe times them all (or `jvp` probes for `linearize`), else the first, which a large operator keeps unless PyTorch cannot run it"
+    "The kernel chosen, or before the first product those that may be: every candidate where they race (or `jvp` probes for `linearize`), else the first, which a large operator keeps unless PyTorch cannot run it"
     if self._kernel is not None: return [self._kernel]
     names = self._candidates()
-    probed = self.method == 'linearize' or (self.method == 'auto' and self.curvature == 'hessian' and self.P <= LARGE_P)
-    return names if probed else names[:1]
+    return names if self.method == 'linearize' or self._races() else names[:1]
 
 @patch
 def _timed(self:Hessian, name:str, i, x, y, V, batched=False) -> tuple[list, float]:
@@ -318,7 +322,7 @@ def _choose(self:Hessian, i, x, y, v) -> list:
             warnings.warn(f"{names[0]!r} curvature-vector products failed on this model ({type(first_error).__name__}: {str(first_error)[:200]}); "
                           f"using {name!r} products instead")
         results, self.timings['per_product'] = {name: pieces}, {name: t}
-        for rival in (names[j + 1:] if self.method == 'auto' and self.curvature == 'hessian' and self.P <= LARGE_P else []):
+        for rival in (names[j + 1:] if self._races() else []):
             try: results[rival], self.timings['per_product'][rival] = self._timed(rival, i, x, y, v)
             except Exception as e:
                 if not torch_limitation(e): raise
@@ -534,6 +538,7 @@ class _Lanczos:
     n_matvecs: int = 0
     restarts: int = 0
     full: int = 0   # steps whose block was reorthogonalised against the whole basis
+    kept: int = 0   # the Ritz vectors the last restart kept, at the start of the basis: each new block's inner products with them are measured
 
 def _ritz(L:_Lanczos) -> tuple[Tensor, Tensor]:
     "Ritz values and vectors (coefficients in the basis) of the projected matrix"
@@ -701,19 +706,26 @@ def _allowed_loss(theta:Tensor, idx:Tensor, tol:float, dtype) -> float:
     return min(math.sqrt(eps), 0.1 * tol * max(wanted, eps ** (2 / 3) * top) / max(top, 1e-300))
 
 def _keep_semiorthogonal_(L:_Lanczos, Q:Tensor, R:Tensor, lo:int, deflated:int, g:torch.Generator, allowed:float):
-    "Partial reorthogonalisation (Simon, 1984): the new block `Q` (orthonormal rows after the basis, `W = R^T Q`) is orthogonalised against the whole basis only when the estimated loss of orthogonality exceeds `allowed`, and then once more on the next step; the estimates `L.O` follow"
+    "Partial reorthogonalisation (Simon, 1984): the new block `Q` (orthonormal rows after the basis, `W = R^T Q`) is orthogonalised against the whole basis only when the loss of orthogonality exceeds `allowed`, and then once more on the next step: estimated by Simon's recurrence, and measured against the Ritz vectors a restart kept; `L.O` follows"
     m, n, eps = L.m, L.m + len(Q), torch.finfo(L.V.dtype).eps
     X = None if deflated or L.force else _omega(L, R, lo)
+    if X is not None and L.kept and lo: X[:, :L.kept] = _dots(Q, L.V[:L.kept]).cpu()   # their relation to H carries the errors of earlier cycles, which the recurrence cannot see
     if X is None or float(X.abs().max()) > allowed:
-        c = _orthogonalize_(Q, L.V[:m]); _block_qr_(Q, L.V[:m], g, 0.5)   # unit rows again; the small coefficients are dropped: T keeps the recurrence's
+        c = _orthogonalize_(Q, L.V[:m]); _block_qr_(Q, L.V[:m], g, 0.5)   # unit rows again
+        blk = slice(m - R.shape[1], m)   # the block whose product `W = R^T Q` was: it had `c R` on the basis besides the recurrence's coefficients
+        L.T[:m, blk] += c.cpu() @ R.double().cpu(); L.T[blk, :m] = L.T[:m, blk].T.clone()   # kept in T, so that H V = V T + (residual) holds to rounding through restarts
         X = _noisy(-c.T.cpu() @ L.O[:m, :m], eps)
         L.force, L.full = not L.force, L.full + 1
     L.O[m:n, :m] = X; L.O[:m, m:n] = X.T
     L.O[m:n, m:n] = 0   # the block is orthonormal
 
+RESTART_GUARDS = 2   # above `LARGE_P` entries, the Ritz vectors a thick restart keeps beyond the `k` wanted, at most (see the prose)
+
 def _restart(L:_Lanczos, theta:Tensor, S:Tensor, which:str, k:int, room:int):
-    "Thick restart, in place: the most wanted Ritz vectors (and their values) become the start of the basis, and the next block (`room` rows) moves up behind them"
-    keep = _order(theta, which)[:min(L.m - room, k + (L.m - k) // 2)]
+    "Thick restart, in place: the `k` most wanted Ritz vectors and half of the others (above `LARGE_P` entries at most `RESTART_GUARDS` of them), with their values, become the start of the basis, and the next block (`room` rows) moves up behind them"
+    extra = (L.m - k) // 2
+    if L.V.shape[1] > LARGE_P: extra = min(extra, RESTART_GUARDS)   # where reading the basis costs as much as the products
+    keep = _order(theta, which)[:min(L.m - room, k + extra)]
     n = len(keep)
     _combine_(L.V[:L.m], S[:, keep].T.to(L.V), L.V[:n])
     L.V[n:n + room] = L.V[L.m:L.m + room]
@@ -722,7 +734,7 @@ def _restart(L:_Lanczos, theta:Tensor, S:Tensor, which:str, k:int, room:int):
     L.O.zero_()
     L.O[:n + room, :n + room] = _dots(L.V[:n + room], L.V[:n + room]).cpu()   # measured: the recurrence's estimates start from the truth
     L.O.diagonal().zero_()
-    L.m, L.lo, L.restarts = n, 0, L.restarts + 1
+    L.m, L.lo, L.restarts, L.kept = n, 0, L.restarts + 1, n
 
 # %% ../nbs/03_hessian.ipynb #fbc444c8
 def _fmt(x) -> str: return f"{float(x):.6g}"

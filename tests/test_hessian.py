@@ -75,6 +75,37 @@ def test_top_eigenvalues_match_pyhessian_and_arpack(problem, pyhessian_obj):
     np.testing.assert_allclose(ours.values.numpy(), ref, rtol=1e-4)
 
 
+HARD_SPECTRA = [(p, ncv, k) for p in (4, 8, 16) for ncv, k in ((12, 3), (16, 3), (40, 3), (24, 10), (40, 10))]
+
+
+@pytest.mark.parametrize('power,ncv,k', HARD_SPECTRA)
+def test_restarted_lanczos_needs_no_more_products_than_arpack(power, ncv, k):
+    """Clustered top eigenvalues (the diagonal linspace(0, 1, 4000) ** power: relative gaps of about power / 4000) with small
+    bases, so that thick restarts and full reorthogonalisations alternate for hundreds of steps. lossviz's Lanczos, float64,
+    tol 1e-8, against ARPACK's eigsh with the same basis size and tol: the same values (to 1e-8 of the largest, the tol asked),
+    true residuals within 1.1 tol (the reported ones are exact up to the allowed loss of orthogonality, at most tol / 10 of
+    the wanted eigenvalue) and at most 1.25 times ARPACK's products (measured: 0.69 to 1.11 times, 3326 against 3694 in
+    all). Before the restarted vectors' inner products were measured and the reorthogonalisation coefficients kept in T,
+    13 of these 15 failed: up to 5000 products without converging, or pairs reported converged with true residuals up to
+    58000 tol and values off by up to 2.5e-5."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+    from lossviz.hessian import lanczos
+    P = 4000
+    d = torch.linspace(0, 1, P, dtype=torch.float64) ** power
+    vals, vecs, res, conv, n = lanczos(lambda V, out=None: torch.mul(V, d, out=out), P, torch.float64, 'cpu', k=k, tol=1e-8,
+                                       ncv=ncv, max_matvecs=5000, verbose=False)
+    count = [0]
+    def mv(x):
+        count[0] += 1
+        return d.numpy() * np.asarray(x).reshape(-1)
+    ref = np.sort(eigsh(LinearOperator((P, P), matvec=mv, dtype=np.float64), k=k, which='LA', ncv=ncv, tol=1e-8, v0=np.ones(P))[0])[::-1]
+    assert conv.all()
+    np.testing.assert_allclose(vals.numpy(), ref, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(vals.numpy(), d.flip(0)[:k].numpy(), rtol=0, atol=1e-8)
+    assert ((vecs * d - vals[:, None] * vecs).norm(dim=1) <= 1.1e-8 * vals).all()
+    assert n <= 1.25 * count[0], (n, count[0])
+
+
 def test_trace_agrees_with_pyhessian(problem, pyhessian_obj):
     "Two independent unbiased estimates of the same trace: within 3 combined standard errors"
     model, X, Y = problem

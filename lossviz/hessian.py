@@ -713,7 +713,7 @@ def _keep_semiorthogonal_(L:_Lanczos, Q:Tensor, R:Tensor, lo:int, deflated:int, 
     if X is None or float(X.abs().max()) > allowed:
         c = _orthogonalize_(Q, L.V[:m]); _block_qr_(Q, L.V[:m], g, 0.5)   # unit rows again
         blk = slice(m - R.shape[1], m)   # the block whose product `W = R^T Q` was: it had `c R` on the basis besides the recurrence's coefficients
-        L.T[:m, blk] += c.cpu() @ R.double().cpu(); L.T[blk, :m] = L.T[:m, blk].T.clone()   # kept in T, so that H V = V T + (residual) holds to rounding through restarts
+        L.T[:m, blk] += c.cpu() @ R.double().cpu(); L.T[blk, :m] = L.T[:m, blk].T.clone()   # kept in T (symmetric), which measured fewer reorthogonalisations than dropping them
         X = _noisy(-c.T.cpu() @ L.O[:m, :m], eps)
         L.force, L.full = not L.force, L.full + 1
     L.O[m:n, :m] = X; L.O[:m, m:n] = X.T
